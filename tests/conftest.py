@@ -1,0 +1,66 @@
+"""Shared fixtures: a small self-made corpus and one tiny trained bundle per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's start-up lines out of test output
+
+import pytest
+
+SHARED_CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
+
+# Tiny model settings: every test trains in seconds on two CPU cores.
+TINY = dict(units=16, layers=2, embedding_dim=8, seq_len=16, batch_size=8, dropout=0.0, seed=1)
+
+
+def make_text(lines: int = 200) -> str:
+    """A repetitive text with a small alphabet: a tiny LSTM learns it within a few dozen steps."""
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "it"]
+    out = []
+    for i in range(lines):
+        n = 4 + i % 5
+        out.append(" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(n)).capitalize() + ".")
+    return "\n".join(out) + "\n"
+
+
+@pytest.fixture(scope="session")
+def corpus_text() -> str:
+    return make_text()
+
+
+@pytest.fixture
+def corpus_file(tmp_path: Path, corpus_text: str) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(corpus_text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """One real tiny training run, shared by every test that only reads a bundle."""
+    import textgen
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    corpus = root / "tiny.txt"
+    corpus.write_text(make_text(), encoding="utf-8")
+    return textgen.train(str(corpus), checkpoint_dir=root / "checkpoints", log_dir=root / "runs",
+                         max_steps=40, **TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tiny_bundle: Path):
+    import textgen
+
+    return textgen.load(tiny_bundle)
+
+
+@pytest.fixture
+def shakespeare_mirror(monkeypatch, tmp_path: Path) -> Path:
+    """Point corpus downloads at ../shared/corpora; skip where that folder is absent."""
+    if not (SHARED_CORPORA / "tinyshakespeare.txt").is_file():
+        pytest.skip("../shared/corpora/tinyshakespeare.txt is not available")
+    monkeypatch.setenv("TEXTGEN_CORPUS_MIRROR", str(SHARED_CORPORA))
+    monkeypatch.setenv("TEXTGEN_CACHE_DIR", str(tmp_path / "cache"))
+    return SHARED_CORPORA

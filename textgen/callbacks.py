@@ -1,0 +1,226 @@
+"""Keras callbacks that make `model.fit` a textgen run.
+
+Each does one job: progress bar, TensorBoard scalars, stopping on a time or step
+budget, keeping the best bundle, printing a sample after each validation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+import keras
+from tqdm.auto import tqdm
+
+LN2 = math.log(2)
+
+
+def _iterations(model) -> int:
+    """Optimizer steps taken so far: the one step axis for every curve and budget."""
+    return int(model.optimizer.iterations.numpy())
+
+
+def _learning_rate(model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+class BatchLosses:
+    """Recover each batch's own loss from Keras' running mean over the epoch.
+
+    Keras reports `loss` at batch end as the mean of the epoch so far; the batch's own
+    loss is n*m_n - (n-1)*m_{n-1}. Windowed means of those make honest curves.
+    """
+
+    def __init__(self, window: int):
+        self.window = deque(maxlen=window)
+        self._n, self._total = 0, 0.0
+
+    def reset(self) -> None:
+        self._n, self._total = 0, 0.0
+
+    def add(self, running_mean: float) -> None:
+        self._n += 1
+        total = running_mean * self._n
+        self.window.append(total - self._total)
+        self._total = total
+
+    def mean(self) -> float:
+        return sum(self.window) / max(len(self.window), 1)
+
+
+class ProgressBar(keras.callbacks.Callback):
+    """A tqdm bar over optimizer steps showing loss and tokens per second."""
+
+    def __init__(self, total_steps: int | None, tokens_per_step: int):
+        super().__init__()
+        self.total_steps = total_steps
+        self.tokens_per_step = tokens_per_step
+        self.losses = BatchLosses(window=20)
+        self.bar = None
+
+    def on_train_begin(self, logs=None):
+        self.bar = tqdm(total=self.total_steps, unit="step", dynamic_ncols=True, desc="training")
+        self._t0, self._steps = time.perf_counter(), 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.losses.reset()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.losses.add(float(logs["loss"]))
+        self._steps += 1
+        rate = self._steps * self.tokens_per_step / max(time.perf_counter() - self._t0, 1e-9)
+        self.bar.set_postfix_str(f"loss {self.losses.mean():.3f}  {rate:,.0f} tok/s", refresh=False)
+        self.bar.update(1)
+
+    def on_train_end(self, logs=None):
+        self.bar.close()
+
+    def write(self, text: str) -> None:
+        """Print a line above the bar without breaking it."""
+        tqdm.write(text)
+
+
+class TensorBoardScalars(keras.callbacks.Callback):
+    """Scalars under LOG_DIR/train and LOG_DIR/validation, on the optimizer-step axis.
+
+    Train: loss (nats/token), bits_per_char, learning_rate, tokens_per_second, every
+    `every` steps. Validation: loss and bits_per_char after each validation. Written
+    with tf.summary (rather than keras.callbacks.TensorBoard, whose axis is epochs or
+    per-epoch batches) so resumed runs continue the same curves.
+    """
+
+    def __init__(self, log_dir: Path, tokens_per_step: int, chars_per_token: float, every: int = 10):
+        super().__init__()
+        import tensorflow as tf
+
+        self.tf = tf
+        self.train_writer = tf.summary.create_file_writer(str(Path(log_dir) / "train"))
+        self.val_writer = tf.summary.create_file_writer(str(Path(log_dir) / "validation"))
+        self.tokens_per_step = tokens_per_step
+        self.bits_scale = 1.0 / (LN2 * chars_per_token)  # nats/token -> bits/char
+        self.every = every
+        self.losses = BatchLosses(window=every)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.losses.reset()
+        self._t0, self._steps = time.perf_counter(), 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.losses.add(float(logs["loss"]))
+        self._steps += 1
+        step = _iterations(self.model)
+        if step % self.every:
+            return
+        rate = self._steps * self.tokens_per_step / max(time.perf_counter() - self._t0, 1e-9)
+        loss = self.losses.mean()
+        self._write(self.train_writer, step, loss=loss, bits_per_char=loss * self.bits_scale,
+                    learning_rate=_learning_rate(self.model), tokens_per_second=rate)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs and "val_loss" in logs:
+            loss = float(logs["val_loss"])
+            self._write(self.val_writer, _iterations(self.model), loss=loss,
+                        bits_per_char=loss * self.bits_scale)
+
+    def on_train_end(self, logs=None):
+        self.train_writer.flush()
+        self.val_writer.flush()
+
+    def _write(self, writer, step: int, **scalars: float) -> None:
+        with writer.as_default(step=step):
+            for name, value in scalars.items():
+                self.tf.summary.scalar(name, value)
+
+
+class Budget(keras.callbacks.Callback):
+    """Stop after `max_steps` optimizer steps or `max_minutes` of wall time.
+
+    The clock starts at the first step and includes validation: training stops early
+    enough that the final validation (estimated from the step time) fits the budget.
+    """
+
+    def __init__(self, max_steps: int | None, max_minutes: float | None, val_batches: int):
+        super().__init__()
+        self.max_steps = max_steps
+        self.seconds = None if max_minutes is None else max_minutes * 60
+        self.val_batches = val_batches
+        self.start = None
+        self.reason = ""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.max_steps is not None and _iterations(self.model) >= self.max_steps:
+            self._stop(f"reached --max-steps {self.max_steps:,}")
+        elif self.seconds is not None:
+            elapsed = time.perf_counter() - self.start
+            step_time = elapsed / max(_iterations(self.model), 1)
+            validation = self.val_batches * step_time / 3  # forward only: ~1/3 of a step
+            if elapsed + step_time + validation >= self.seconds:
+                self._stop(f"reached --max-minutes {self.seconds / 60:g}")
+
+    def _stop(self, reason: str) -> None:
+        self.reason = reason
+        self.model.stop_training = True
+
+
+class BestBundle(keras.callbacks.Callback):
+    """Keep the bundle the best model by validation loss so far.
+
+    `save(state)` writes the bundle; it is called when validation loss improves, and
+    at the end of training if no validation ever ran (so no work is lost).
+    """
+
+    def __init__(self, save: Callable[[dict], Path], best: float = math.inf):
+        super().__init__()
+        self.save = save
+        self.best = best
+        self.saved_path: Path | None = None
+        self.epoch = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch = epoch + 1
+        val_loss = float((logs or {}).get("val_loss", math.nan))
+        if val_loss < self.best:  # NaN never compares smaller
+            self.best = val_loss
+            self.saved_path = self.save(self._state(val_loss))
+
+    def on_train_end(self, logs=None):
+        if self.saved_path is None and not math.isnan(float((logs or {}).get("loss", 0.0))):
+            self.saved_path = self.save(self._state(None))
+
+    def _state(self, val_loss: float | None) -> dict:
+        return {"epoch": self.epoch, "step": _iterations(self.model), "val_loss": val_loss,
+                "best_val_loss": None if math.isinf(self.best) else self.best}
+
+
+class SamplePrinter(keras.callbacks.Callback):
+    """After each validation, print the epoch's numbers and a short sample.
+
+    Args:
+        report: prints a line (above the progress bar).
+        make_sample: callable() -> str generating from the current weights.
+        bits_scale: factor from nats/token to bits/char.
+    """
+
+    def __init__(self, report: Callable[[str], None], make_sample: Callable[[], str], bits_scale: float):
+        super().__init__()
+        self.report = report
+        self.make_sample = make_sample
+        self.bits_scale = bits_scale
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if "val_loss" not in logs:
+            return
+        val = float(logs["val_loss"])
+        self.report(
+            f"epoch {epoch + 1}  step {_iterations(self.model):,}  "
+            f"val loss {val:.4f} ({val * self.bits_scale:.3f} bits/char)"
+        )
+        self.report("  " + self.make_sample().replace("\n", "\n  "))

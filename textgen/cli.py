@@ -1,0 +1,198 @@
+"""The `textgen` command: train, generate, evaluate.
+
+TensorFlow is imported only after the arguments are parsed, with its start-up log
+lines hidden unless --verbose is given: the terminal belongs to the user. User errors
+print one line on stderr and exit 2; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from textgen import __version__
+from textgen.config import LEVELS, ModelConfig, TextgenError, TokenizerConfig, TrainConfig
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, not usage text plus error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with `argv` (default sys.argv[1:]); return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help, --version and usage errors
+        return int(exit_.code or 0)
+    _quiet_tensorflow(args.verbose)
+    try:
+        return args.run(args)
+    except TextgenError as err:
+        print(f"textgen: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ntextgen: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # a bug: one line unless --verbose asks for the traceback
+        if args.verbose:
+            raise
+        print(f"textgen: internal error: {type(err).__name__}: {err} (--verbose shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", help="show TensorFlow's log lines and tracebacks")
+    parser = _Parser(prog="textgen", description="Train LSTM language models on your text; generate from them.")
+    parser.add_argument("--version", action="version", version=f"textgen {__version__}")
+    parser.set_defaults(verbose=False, run=lambda _args: parser.print_help() or EXIT_USAGE)
+    sub = parser.add_subparsers(title="commands", parser_class=_Parser)
+    _add_train(sub.add_parser("train", parents=[common], help="train a model on a corpus",
+                              description="Train a model; the best bundle by validation loss is kept."))
+    _add_generate(sub.add_parser("generate", parents=[common], help="generate text from a bundle"))
+    _add_evaluate(sub.add_parser("evaluate", parents=[common], help="bits per character of a text"))
+    return parser
+
+
+def _defaults(section: type) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(section)}
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    tok, model, train = _defaults(TokenizerConfig), _defaults(ModelConfig), _defaults(TrainConfig)
+    p.add_argument("corpus", nargs="+", metavar="CORPUS",
+                   help="text file(s), a folder of .txt files, or a known corpus name (shakespeare, pydoc)")
+    g = p.add_argument_group("tokens")
+    g.add_argument("--level", choices=LEVELS, default=tok["level"], help="token level (default: %(default)s)")
+    g.add_argument("--vocab-size", type=int, default=tok["vocab_size"], help="word vocabulary cap (default: %(default)s)")
+    g.add_argument("--encoding", default=tok["encoding"], help="corpus encoding (default: %(default)s)")
+    g = p.add_argument_group("model")
+    g.add_argument("--layers", type=int, default=model["layers"], help="LSTM layers (default: %(default)s)")
+    g.add_argument("--units", type=int, default=model["units"], help="units per LSTM layer (default: %(default)s)")
+    g.add_argument("--embedding-dim", type=int, default=model["embedding_dim"], help="default: %(default)s")
+    g.add_argument("--dropout", type=float, default=model["dropout"], help="dropout between layers (default: %(default)s)")
+    g = p.add_argument_group("training")
+    g.add_argument("--seq-len", type=int, default=train["seq_len"], help="tokens per sequence (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=train["batch_size"], help="default: %(default)s")
+    g.add_argument("--learning-rate", type=float, default=train["learning_rate"], help="Adam (default: %(default)s)")
+    g.add_argument("--clip-norm", type=float, default=train["clip_norm"], help="global gradient norm cap (default: %(default)s)")
+    g.add_argument("--epochs", type=int, default=train["epochs"], help="at most this many passes (default: %(default)s)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    g.add_argument("--max-minutes", type=float, default=None, help="wall-time budget, validation included")
+    g.add_argument("--val-fraction", type=float, default=train["val_fraction"], help="held-out tail (default: %(default)s)")
+    g.add_argument("--val-file", default=None, help="validate on this file instead of the corpus tail")
+    g.add_argument("--patience", type=int, default=train["patience"], help="validations without improvement before stopping (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=train["seed"], help="default: %(default)s")
+    g = p.add_argument_group("output")
+    g.add_argument("--name", default=None, help="run name (default: the corpus file's stem)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing run of that name")
+    g.add_argument("--checkpoint-dir", default="checkpoints", help="bundles go in DIR/NAME (default: %(default)s)")
+    g.add_argument("--log-dir", default="runs", help="TensorBoard logs go in DIR/NAME (default: %(default)s)")
+    p.set_defaults(run=_run_train)
+
+
+def _add_generate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", metavar="BUNDLE", help="a checkpoint folder, e.g. checkpoints/my_corpus")
+    p.add_argument("--prime", default="", help="text to start from (printed first)")
+    p.add_argument("--length", type=_positive_int, default=200, help="tokens to generate (default: %(default)s)")
+    p.add_argument("--temperature", type=_non_negative_float, default=1.0,
+                   help="randomness; 0 = always the most likely token (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="same seed, same text")
+    p.set_defaults(run=_run_generate)
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("files", nargs="+", metavar="FILE", help="text files to score")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be 0 or positive, not {text}")
+    return value
+
+
+_NOT_OPTIONS = {"corpus", "name", "overwrite", "checkpoint_dir", "log_dir", "val_file", "verbose", "run"}
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from textgen.training import train
+
+    options = {k: v for k, v in vars(args).items() if k not in _NOT_OPTIONS}
+    train(args.corpus, name=args.name, overwrite=args.overwrite, checkpoint_dir=args.checkpoint_dir,
+          log_dir=args.log_dir, val_file=args.val_file, **options)
+    return 0
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from textgen.generate import load
+
+    generator = load(args.bundle)
+    pieces = generator.stream(args.prime, args.length, args.temperature, args.seed)
+    wrote = False
+    try:
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            wrote = True
+    finally:
+        if wrote:  # Ctrl-C keeps what was printed, ending on a clean line
+            sys.stdout.write("\n")
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from textgen.data import read_text
+    from textgen.evaluate import evaluate_texts
+    from textgen.generate import load
+
+    generator = load(args.bundle)
+    texts = [read_text(Path(f), generator.config.tokenizer.encoding) for f in args.files]
+    with tqdm(unit="tok", desc="evaluating", disable=args.json) as bar:
+        score = evaluate_texts(generator, texts, progress=bar.update)
+    if args.json:
+        print(json.dumps({k: score.to_dict()[k] for k in ("bits_per_char", "perplexity", "characters", "tokens")}))
+    else:
+        print(f"{score.bits_per_char:.4f} bits per character, perplexity {score.perplexity:.3f} per token "
+              f"({score.characters:,} characters, {score.tokens:,} tokens)")
+    return 0
+
+
+def _quiet_tensorflow(verbose: bool) -> None:
+    """Hide TensorFlow's import-time C++ and Python log lines unless asked for."""
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import logging
+    import warnings
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="keras")
+    warnings.filterwarnings("ignore", module="tensorflow")

@@ -1,0 +1,175 @@
+"""Every hyperparameter of a run, as typed dataclasses.
+
+One `Config` travels from the command line to the model and into the bundle's
+`config.json`; loading a bundle rebuilds it with `Config.from_dict`, which checks
+every key, type and range, so a bundle can only describe models textgen makes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_VERSION = 1
+LEVELS = ("char", "word")
+
+
+class TextgenError(Exception):
+    """A problem with the user's input: the CLI prints it as one line and exits 2."""
+
+
+class ConfigError(TextgenError, ValueError):
+    """A configuration value is unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """How text becomes token ids."""
+
+    level: str = "char"  # char: every character is a token; word: words, punctuation, whitespace runs
+    vocab_size: int = 20_000  # cap on the word vocabulary (char level keeps every character seen)
+    encoding: str = "utf-8"  # how corpus files are decoded
+
+    def validate(self) -> None:
+        _check(self.level in LEVELS, f"level must be one of {', '.join(LEVELS)}, not {self.level!r}")
+        _check(self.vocab_size >= 2, "vocab_size must be at least 2")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: embedding -> stacked LSTM -> dense logits over the vocabulary."""
+
+    vocab_size: int = 0  # set from the tokenizer once it is built (0 = not yet known)
+    embedding_dim: int = 64  # small: a char vocabulary has ~65 symbols, the LSTM does the work
+    layers: int = 2  # two layers learn clearly better text than one at the same time budget
+    units: int = 256  # per LSTM layer; 2x256 runs at ~1 step/s on a 2-core laptop at batch 64x128
+    dropout: float = 0.1  # between layers; a 1 MB corpus overfits after a few epochs without it
+
+    def validate(self) -> None:
+        _check(self.vocab_size == 0 or self.vocab_size >= 2, "vocab_size must be at least 2")
+        _check(1 <= self.embedding_dim <= 65_536, "embedding_dim must be in 1..65536")
+        _check(1 <= self.layers <= 16, "layers must be in 1..16")
+        _check(1 <= self.units <= 65_536, "units must be in 1..65536")
+        _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation: data windows, optimiser, stopping rules."""
+
+    seq_len: int = 128  # tokens per training sequence (backpropagation through time length)
+    batch_size: int = 64  # sequences per step
+    learning_rate: float = 2e-3  # Adam; LSTMs on characters like a fairly high rate
+    clip_norm: float = 1.0  # global gradient-norm clipping keeps LSTM updates stable
+    epochs: int = 50  # upper bound; early stopping or --max-minutes usually ends sooner
+    max_steps: int | None = None  # stop after this many optimiser steps
+    max_minutes: float | None = None  # wall-time budget from the first step, validation included
+    val_fraction: float = 0.05  # the last 5% of the corpus is held out for validation
+    patience: int = 3  # validations without improvement before stopping
+    seed: int = 0  # weights, shuffling and dropout all derive from it
+
+    def validate(self) -> None:
+        _check(self.seq_len >= 1, "seq_len must be at least 1")
+        _check(self.batch_size >= 1, "batch_size must be at least 1")
+        _check(self.learning_rate > 0, "learning_rate must be positive")
+        _check(self.clip_norm > 0, "clip_norm must be positive")
+        _check(self.epochs >= 1, "epochs must be at least 1")
+        _check(self.max_steps is None or self.max_steps >= 1, "max_steps must be at least 1")
+        _check(self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive")
+        _check(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
+        _check(self.patience >= 1, "patience must be at least 1")
+        _check(self.seed >= 0, "seed must be non-negative")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: tokenizer, model and training settings, plus provenance."""
+
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: str = ""  # run name: checkpoints/NAME and runs/NAME
+    corpus: dict[str, Any] = field(default_factory=dict)  # names, sizes and sha256 of the source files
+
+    def validate(self) -> "Config":
+        """Check every section; return self so calls chain."""
+        self.tokenizer.validate()
+        self.model.validate()
+        self.train.validate()
+        return self
+
+    def replace(self, **sections: Any) -> "Config":
+        """A copy with whole sections or top-level fields replaced."""
+        return dataclasses.replace(self, **sections)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Config":
+        """Rebuild and validate a Config from plain JSON data; unknown keys are refused."""
+        _check(isinstance(data, dict), "config must be a JSON object")
+        sections = {"tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainConfig}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in sections:
+                kwargs[key] = _build(sections[key], value, key)
+            elif key == "name":
+                _check(isinstance(value, str), "name must be a string")
+                kwargs[key] = value
+            elif key == "corpus":
+                _check(isinstance(value, dict), "corpus must be an object")
+                kwargs[key] = value
+            else:
+                raise ConfigError(f"unknown config key {key!r}")
+        return cls(**kwargs).validate()
+
+
+def config_from_options(**options: Any) -> Config:
+    """A validated Config from flat option names (`units=512, level="word", ...`).
+
+    Each name belongs to exactly one section; `vocab_size` is the tokenizer's cap (the
+    model's vocabulary size always comes from the built tokenizer).
+    """
+    sections = {"tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainConfig}
+    values: dict[str, dict[str, Any]] = {key: {} for key in sections}
+    for key, value in options.items():
+        owner = next((s for s, cls in sections.items() if key in _field_names(cls)), None)
+        if owner is None:
+            raise ConfigError(f"unknown option {key!r}")
+        values[owner][key] = value
+    return Config(**{s: _build(cls, values[s], s) for s, cls in sections.items()}).validate()
+
+
+def _field_names(section: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(section)}
+
+
+def _build(section: type, data: Any, where: str) -> Any:
+    """Build one section dataclass from a dict, checking keys and types."""
+    _check(isinstance(data, dict), f"{where} must be an object")
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    for key, value in data.items():
+        _check(key in fields, f"unknown config key {where}.{key}")
+        _check(_type_ok(fields[key].type, value), f"{where}.{key} has the wrong type: {value!r}")
+    return section(**data)
+
+
+def _type_ok(annotation: str, value: Any) -> bool:
+    """Whether a JSON value fits a field annotation written as a string (PEP 563)."""
+    optional = "None" in annotation
+    if value is None:
+        return optional
+    if annotation.startswith("int"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation.startswith("float"):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation.startswith("str"):
+        return isinstance(value, str)
+    return True
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
