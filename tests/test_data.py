@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from textgen.config import TextgenError
-from textgen.data import load_corpus, make_dataset, read_text, resolve_paths, split_ids, windows
+from textgen.data import StreamLayout, load_corpus, make_stream_dataset, read_text, resolve_paths, split_ids
 
 
 def test_bom_is_dropped_and_crlf_becomes_lf(tmp_path):
@@ -68,15 +68,24 @@ def test_shakespeare_is_fetched_through_the_mirror_with_checksum(shakespeare_mir
     assert (tmp_path / "cache" / "corpora" / "tinyshakespeare.txt").is_file()  # cached for next time
 
 
-def test_windows_shift_by_one_and_cover_every_target():
-    ids = np.arange(50, dtype=np.int32)
-    w = windows(ids, 8)  # (6, 9)
-    assert w.shape == (6, 9)
-    assert np.array_equal(w[:, 1:].ravel(), np.arange(1, 49))
-    x, y = next(iter(make_dataset(ids, 8, 4, shuffle=False)))
-    assert x.shape == (4, 8) and y.shape == (4, 8)
-    assert np.array_equal(y.numpy()[:, :-1], x.numpy()[:, 1:])
-    assert np.array_equal(y.numpy(), x.numpy() + 1)
+def test_stream_batches_shift_by_one_and_continue_each_other():
+    ids = np.arange(103, dtype=np.int32)
+    layout = StreamLayout.fit(len(ids), batch=4, seq_len=5)  # 4 streams of 25 tokens
+    assert (layout.batch, layout.stream_len, layout.steps) == (4, 25, 5)
+    batches = list(make_stream_dataset(ids, layout))
+    assert len(batches) == 5
+    for step, (x, y) in enumerate(batches):
+        x, y = x.numpy(), y.numpy()
+        assert x.shape == y.shape == (4, 5)
+        assert np.array_equal(y, x + 1)  # target = input shifted by one
+        assert np.array_equal(x[:, 0], np.arange(4) * 25 + step * 5)  # row b continues stream b
+
+
+def test_short_texts_shrink_the_layout_instead_of_failing():
+    layout = StreamLayout.fit(10, batch=64, seq_len=128)
+    assert (layout.batch, layout.seq_len, layout.steps) == (1, 9, 1)
+    x, y = layout.batch_at(np.arange(10), 0)
+    assert x.tolist() == [list(range(9))] and y.tolist() == [list(range(1, 10))]
 
 
 def test_split_holds_out_the_tail_and_refuses_short_corpora():

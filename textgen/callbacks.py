@@ -136,30 +136,43 @@ class TensorBoardScalars(keras.callbacks.Callback):
 
 
 class Budget(keras.callbacks.Callback):
-    """Stop after `max_steps` optimizer steps or `max_minutes` of wall time.
+    """Track progress through the run's budget; stop at `max_steps` or `max_minutes`.
 
     The clock starts at the first step and includes validation: training stops early
     enough that the final validation (estimated from the step time) fits the budget.
+    Without either limit, progress is measured against `planned_steps`.
     """
 
-    def __init__(self, max_steps: int | None, max_minutes: float | None, val_batches: int):
+    def __init__(self, max_steps: int | None, max_minutes: float | None, planned_steps: int,
+                 val_batches: int):
         super().__init__()
         self.max_steps = max_steps
         self.seconds = None if max_minutes is None else max_minutes * 60
+        self.planned_steps = planned_steps
         self.val_batches = val_batches
-        self.start = None
+        self.start: float | None = None
+        self.steps_done = 0  # in this process (a resumed run's clock starts again)
         self.reason = ""
+
+    def progress(self) -> float:
+        """Fraction of the budget used, in [0, 1]: the larger of steps and time."""
+        step = _iterations(self.model)
+        fractions = [step / (self.max_steps or self.planned_steps)]
+        if self.seconds is not None and self.start is not None:
+            fractions.append((time.perf_counter() - self.start) / self.seconds)
+        return min(1.0, max(fractions))
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.start is None:
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
+        self.steps_done += 1
         if self.max_steps is not None and _iterations(self.model) >= self.max_steps:
             self._stop(f"reached --max-steps {self.max_steps:,}")
         elif self.seconds is not None:
             elapsed = time.perf_counter() - self.start
-            step_time = elapsed / max(_iterations(self.model), 1)
+            step_time = elapsed / self.steps_done
             validation = self.val_batches * step_time / 3  # forward only: ~1/3 of a step
             if elapsed + step_time + validation >= self.seconds:
                 self._stop(f"reached --max-minutes {self.seconds / 60:g}")
@@ -167,6 +180,32 @@ class Budget(keras.callbacks.Callback):
     def _stop(self, reason: str) -> None:
         self.reason = reason
         self.model.stop_training = True
+
+
+class CosineSchedule(keras.callbacks.Callback):
+    """Learning rate: cosine decay from `base` to `base * final` over the budget.
+
+    Follows `budget.progress()`, so a --max-minutes run decays over its minutes and
+    a --max-steps run over its steps: the end of any budget is spent at a low rate.
+    """
+
+    def __init__(self, budget: Budget, base: float, final: float = 0.1):
+        super().__init__()
+        self.budget, self.base, self.final = budget, base, final
+
+    def on_train_batch_begin(self, batch, logs=None):
+        cosine = 0.5 * (1 + math.cos(math.pi * self.budget.progress()))
+        self.model.optimizer.learning_rate = self.base * (self.final + (1 - self.final) * cosine)
+
+
+class ResetCarry(keras.callbacks.Callback):
+    """Zero the carried LSTM states when the training or validation streams start over."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.reset_carry("train")
+
+    def on_test_begin(self, logs=None):
+        self.model.reset_carry("val")
 
 
 class BestBundle(keras.callbacks.Callback):

@@ -106,25 +106,50 @@ def check_length(ids: np.ndarray, seq_len: int, what: str) -> None:
         )
 
 
-def windows(ids: np.ndarray, seq_len: int) -> np.ndarray:
-    """Non-overlapping windows of seq_len + 1 ids, shape (n_windows, seq_len + 1).
+@dataclass(frozen=True)
+class StreamLayout:
+    """How a token sequence is cut into B contiguous streams read seq_len tokens at a time.
 
-    Consecutive windows share one id, so every id is a target exactly once.
+    Stream b is ids[b * stream_len : (b + 1) * stream_len + 1]; batch t holds tokens
+    [t * seq_len, (t + 1) * seq_len] of every stream, so batch t + 1 continues batch t.
     """
-    n = (len(ids) - 1) // seq_len
-    view = np.lib.stride_tricks.sliding_window_view(ids, seq_len + 1)  # (len - seq_len, seq_len + 1)
-    return np.ascontiguousarray(view[: n * seq_len : seq_len])
+
+    batch: int
+    seq_len: int
+    stream_len: int
+    steps: int  # batches per pass
+
+    @classmethod
+    def fit(cls, n_ids: int, batch: int, seq_len: int) -> "StreamLayout":
+        """The layout for n_ids tokens, shrinking batch (then seq_len) to fit short texts."""
+        seq_len = max(1, min(seq_len, n_ids - 1))
+        batch = max(1, min(batch, (n_ids - 1) // seq_len))
+        stream_len = (n_ids - 1) // batch
+        return cls(batch, seq_len, stream_len, stream_len // seq_len)
+
+    def batch_at(self, ids: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs and targets of batch `step`, each (batch, seq_len); reads only those tokens."""
+        starts = np.arange(self.batch, dtype=np.int64) * self.stream_len + step * self.seq_len
+        rows = ids[starts[:, None] + np.arange(self.seq_len + 1)]  # (batch, seq_len + 1)
+        rows = rows.astype(np.int32)
+        return rows[:, :-1], rows[:, 1:]
 
 
-def make_dataset(ids: np.ndarray, seq_len: int, batch_size: int, *, shuffle: bool, seed: int = 0):
-    """A batched, prefetched `tf.data.Dataset` of (input, target), each (batch, seq_len)."""
+def make_stream_dataset(ids: np.ndarray, layout: StreamLayout):
+    """`tf.data` of the layout's batches in order, prefetched.
+
+    Batches are gathered from `ids` (an array or a memmap) one at a time, so memory
+    does not grow with the corpus. Order matters: the model carries state across them.
+    """
     import tensorflow as tf
 
-    seq_len = min(seq_len, len(ids) - 1)  # a short validation text is one shorter window
-    rows = windows(ids, seq_len)  # (n_windows, seq_len + 1)
-    ds = tf.data.Dataset.from_tensor_slices(rows)
-    if shuffle:
-        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=len(rows) >= batch_size)  # fixed shapes: one trace
-    ds = ds.map(lambda w: (w[:, :-1], w[:, 1:]), num_parallel_calls=tf.data.AUTOTUNE)
+    def gather(step):
+        return layout.batch_at(ids, int(step))
+
+    def load(step):
+        x, y = tf.numpy_function(gather, [step], [tf.int32, tf.int32], stateful=False)
+        shape = (layout.batch, layout.seq_len)
+        return tf.ensure_shape(x, shape), tf.ensure_shape(y, shape)
+
+    ds = tf.data.Dataset.range(layout.steps).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)

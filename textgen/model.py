@@ -40,23 +40,94 @@ def build_model(cfg: ModelConfig) -> keras.Model:
     return keras.Model(tokens, logits, name="textgen_lstm")
 
 
-def build_stateful_model(cfg: ModelConfig) -> keras.Model:
-    """Inference model: [tokens, h_0, c_0, h_1, c_1, ...] -> [logits, h_0', c_0', ...].
+def build_stateful_model(cfg: ModelConfig, *, dropout: bool = False) -> keras.Model:
+    """[tokens, h_0, c_0, h_1, c_1, ...] -> [logits, h_0', c_0', h_1', c_1', ...].
 
-    Dropout is left out (it is the identity at inference), so this model has exactly
-    the training model's weights, by name and in the same order.
+    Used for training with carried state (dropout=True) and for generation and
+    evaluation (dropout=False: the identity at inference, so left out). Layer names
+    match `build_model`, so weights move between the views with `copy_weights`.
     """
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")  # (batch, time)
+    rate = cfg.dropout if dropout else 0.0
     states_in, states_out = [], []
     x = keras.layers.Embedding(cfg.vocab_size, cfg.embedding_dim, name="embedding")(tokens)
     for i in range(cfg.layers):
+        if i > 0 and rate > 0:
+            x = keras.layers.Dropout(rate, name=f"dropout_{i}")(x)
         h = keras.Input(shape=(cfg.units,), name=f"h_{i}")  # (batch, units)
         c = keras.Input(shape=(cfg.units,), name=f"c_{i}")
         x, h_new, c_new = _lstm(cfg.units, f"lstm_{i}", return_state=True)(x, initial_state=[h, c])
         states_in += [h, c]
         states_out += [h_new, c_new]
+    if rate > 0:
+        x = keras.layers.Dropout(rate, name="dropout_out")(x)
     logits = keras.layers.Dense(cfg.vocab_size, name="logits")(x)  # (batch, time, vocab)
     return keras.Model([tokens, *states_in], [logits, *states_out], name="textgen_lstm_stateful")
+
+
+class CarriedStateModel(keras.Model):
+    """Truncated backpropagation through time over B contiguous streams.
+
+    Batch t holds the t-th slice of each of B streams of the corpus, so the (h, c) a
+    batch ends with is the right starting state for the next one: every step sees
+    context far longer than --seq-len at no extra cost. The states live in
+    non-trainable variables, one set for training and one for validation, and are
+    zeroed by `reset_carry` when the streams start over.
+
+    `train_step` follows Keras' own TensorFlow step (same loss and metric helpers),
+    adding the carried state and the gradient global norm (`grad_norm` in the batch
+    logs). It uses Keras internals (_compute_loss, _loss_tracker); pyproject pins
+    keras to 3.15.x and tests/test_training.py fails if they change.
+    """
+
+    def __init__(self, net: keras.Model, cfg: ModelConfig, batch_size: int, val_batch_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.net = net
+        self.train_carry = self._carry(cfg, batch_size, "train")
+        self.val_carry = self._carry(cfg, val_batch_size, "val")
+
+    def _carry(self, cfg: ModelConfig, batch: int, kind: str) -> list:
+        return [
+            self.add_weight(shape=(batch, cfg.units), initializer="zeros", trainable=False,
+                            name=f"{kind}_{'hc'[i % 2]}_{i // 2}")
+            for i in range(2 * cfg.layers)
+        ]
+
+    def reset_carry(self, kind: str = "train") -> None:
+        """Zero the carried states: when the streams start again from their beginnings."""
+        for var in self.train_carry if kind == "train" else self.val_carry:
+            var.assign(keras.ops.zeros(var.shape))
+
+    def call(self, tokens, training=False):
+        return self.net([tokens, *self.train_carry], training=training)[0]
+
+    def train_step(self, data):
+        import tensorflow as tf
+        from keras.src import losses
+
+        x, y = data  # (batch, seq_len) each
+        with tf.GradientTape() as tape:
+            logits, *states = self.net([x, *self.train_carry], training=True)  # (batch, seq_len, vocab)
+            loss = self._compute_loss(x=x, y=y, y_pred=logits, training=True)
+            self._loss_tracker.update_state(losses.loss.unscale_loss_for_distribution(loss),
+                                            sample_weight=tf.shape(x)[0])
+            scaled = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, self.trainable_weights)
+        grad_norm = tf.linalg.global_norm(grads)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
+        for var, state in zip(self.train_carry, states):
+            var.assign(tf.stop_gradient(state))
+        logs = self.compute_metrics(x, y, logits)
+        return {**logs, "grad_norm": grad_norm}
+
+    def test_step(self, data):
+        x, y = data
+        logits, *states = self.net([x, *self.val_carry], training=False)
+        loss = self._compute_loss(x=x, y=y, y_pred=logits, training=False)
+        self._loss_tracker.update_state(loss, sample_weight=keras.ops.shape(x)[0])
+        for var, state in zip(self.val_carry, states):
+            var.assign(state)
+        return self.compute_metrics(x, y, logits)
 
 
 def copy_weights(source: keras.Model, target: keras.Model) -> None:

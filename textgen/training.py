@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from textgen.config import Config, TextgenError, config_from_options
-from textgen.data import Corpus, check_length, load_corpus, make_dataset, split_ids
+from textgen.data import Corpus, StreamLayout, check_length, load_corpus, make_stream_dataset, split_ids
 from textgen.tokenizer import build_tokenizer, encode
 
 
@@ -100,53 +100,58 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path) -> Path:
     from textgen import callbacks as cb
     from textgen.checkpoint import save_bundle
     from textgen.generate import TextGenerator
-    from textgen.model import build_model
+    from textgen.model import CarriedStateModel, build_model, build_stateful_model, copy_weights
 
     cfg, t = prepared.config, prepared.config.train
     keras.utils.set_random_seed(t.seed)
-    train_ds = make_dataset(prepared.train_ids, t.seq_len, t.batch_size, shuffle=True, seed=t.seed)
-    val_ds = make_dataset(prepared.val_ids, t.seq_len, t.batch_size, shuffle=False)
-    model = build_model(cfg.model)
-    model.compile(
+    layout = StreamLayout.fit(len(prepared.train_ids), t.batch_size, t.seq_len)
+    val_layout = StreamLayout.fit(len(prepared.val_ids), layout.batch, layout.seq_len)
+    net = build_stateful_model(cfg.model, dropout=True)
+    trainer = CarriedStateModel(net, cfg.model, layout.batch, val_layout.batch)
+    trainer.compile(
         optimizer=keras.optimizers.Adam(t.learning_rate, global_clipnorm=t.clip_norm),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=False,  # XLA makes the LSTM loop slower on CPU (measured: bench/train_speed.py)
     )
-    steps_per_epoch = max(1, (len(prepared.train_ids) - 1) // t.seq_len // t.batch_size)
-    tokens_per_step = t.batch_size * t.seq_len
-    bits_scale = 1.0 / (math.log(2) * prepared.chars_per_token)
-    _announce(prepared, steps_per_epoch, bundle_dir, run_dir)
+    export = build_model(cfg.model)  # the plain tokens -> logits view saved in bundles
+    tokens_per_step = layout.batch * layout.seq_len
+    _announce(prepared, layout, bundle_dir, run_dir)
+
+    def current_model() -> keras.Model:
+        copy_weights(net, export)
+        return export
 
     def save(state: dict) -> Path:
-        return save_bundle(bundle_dir, model, prepared.tokenizer, cfg, state)
+        return save_bundle(bundle_dir, current_model(), prepared.tokenizer, cfg, state)
 
     def sample() -> str:
-        generator = TextGenerator.from_model(model, prepared.tokenizer, cfg)
+        generator = TextGenerator.from_model(current_model(), prepared.tokenizer, cfg)
         return generator.generate(length=200, temperature=0.8, seed=t.seed)
 
-    progress = cb.ProgressBar(_total_steps(t, steps_per_epoch), tokens_per_step)
-    budget = cb.Budget(t.max_steps, t.max_minutes, val_batches=len(val_ds))
+    planned = t.epochs * layout.steps
+    progress = cb.ProgressBar(min(planned, t.max_steps or planned), tokens_per_step)
+    budget = cb.Budget(t.max_steps, t.max_minutes, planned, val_batches=val_layout.steps)
     best = cb.BestBundle(save)
     callbacks = [
-        progress, budget, keras.callbacks.TerminateOnNaN(),
+        progress, budget, cb.CosineSchedule(budget, t.learning_rate), cb.ResetCarry(),
+        keras.callbacks.TerminateOnNaN(),
         cb.TensorBoardScalars(run_dir, tokens_per_step, prepared.chars_per_token),
-        best, cb.SamplePrinter(progress.write, sample, bits_scale),
+        best, cb.SamplePrinter(progress.write, sample, 1.0 / (math.log(2) * prepared.chars_per_token)),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=t.patience),
     ]
-    history = model.fit(train_ds, epochs=t.epochs, validation_data=val_ds, callbacks=callbacks,
-                        shuffle=False, verbose=0)  # the dataset shuffles itself
+    history = trainer.fit(
+        make_stream_dataset(prepared.train_ids, layout), epochs=t.epochs, callbacks=callbacks,
+        validation_data=make_stream_dataset(prepared.val_ids, val_layout),
+        shuffle=False, verbose=0,  # order matters: state is carried from batch to batch
+    )
     _check_finite(history, best)
     if budget.reason:
         print(f"Stopped: {budget.reason}.")
-    _summarize(best, bits_scale)
+    _summarize(best, prepared.chars_per_token)
     return bundle_dir
 
 
-def _total_steps(t, steps_per_epoch: int) -> int:
-    total = t.epochs * steps_per_epoch
-    return min(total, t.max_steps) if t.max_steps else total
-
-
-def _announce(prepared: Prepared, steps_per_epoch: int, bundle_dir: Path, run_dir: Path) -> None:
+def _announce(prepared: Prepared, layout: StreamLayout, bundle_dir: Path, run_dir: Path) -> None:
     cfg = prepared.config
     print(
         f"Corpus: {cfg.corpus['characters']:,} characters -> {len(prepared.train_ids):,} training and "
@@ -155,8 +160,8 @@ def _announce(prepared: Prepared, steps_per_epoch: int, bundle_dir: Path, run_di
     )
     m, t = cfg.model, cfg.train
     print(
-        f"Model: {m.layers}x{m.units} LSTM, batch {t.batch_size} x {t.seq_len} tokens, "
-        f"{steps_per_epoch:,} steps per epoch"
+        f"Model: {m.layers}x{m.units} LSTM, batch {layout.batch} x {layout.seq_len} tokens "
+        f"(state carried across batches), {layout.steps:,} steps per epoch"
     )
     print(f"Bundle: {bundle_dir}/   TensorBoard: tensorboard --logdir {run_dir.parent}")
 
@@ -168,7 +173,8 @@ def _check_finite(history, best) -> None:
         raise TextgenError(f"training stopped: the loss became {losses[-1]}{kept}")
 
 
-def _summarize(best, bits_scale: float) -> None:
+def _summarize(best, chars_per_token: float) -> None:
+    bits_scale = 1.0 / (math.log(2) * chars_per_token)
     if math.isfinite(best.best):
         print(f"Best validation loss {best.best:.4f} nats/token ({best.best * bits_scale:.3f} bits/char)")
     print(f"Saved {best.saved_path}")
