@@ -72,13 +72,16 @@ def test_stream_batches_shift_by_one_and_continue_each_other():
     ids = np.arange(103, dtype=np.int32)
     layout = StreamLayout.fit(len(ids), batch=4, seq_len=5)  # 4 streams of 25 tokens
     assert (layout.batch, layout.stream_len, layout.steps) == (4, 25, 5)
-    batches = list(make_stream_dataset(ids, layout))
-    assert len(batches) == 5
-    for step, (x, y) in enumerate(batches):
+    batches = list(make_stream_dataset(ids, layout).take(7))
+    for step, ((x, reset), y) in enumerate(batches):
         x, y = x.numpy(), y.numpy()
+        assert bool(reset) == (step % 5 == 0)  # the streams start over every 5 batches
+        step %= 5
         assert x.shape == y.shape == (4, 5)
         assert np.array_equal(y, x + 1)  # target = input shifted by one
         assert np.array_equal(x[:, 0], np.arange(4) * 25 + step * 5)  # row b continues stream b
+    resumed = next(iter(make_stream_dataset(ids, layout, first_step=6)))
+    assert np.array_equal(resumed[0][0], batches[6][0][0])  # batch g depends on g alone
 
 
 def test_short_texts_shrink_the_layout_instead_of_failing():

@@ -198,16 +198,6 @@ class CosineSchedule(keras.callbacks.Callback):
         self.model.optimizer.learning_rate = self.base * (self.final + (1 - self.final) * cosine)
 
 
-class ResetCarry(keras.callbacks.Callback):
-    """Zero the carried LSTM states when the training or validation streams start over."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.model.reset_carry("train")
-
-    def on_test_begin(self, logs=None):
-        self.model.reset_carry("val")
-
-
 class BestBundle(keras.callbacks.Callback):
     """Keep the bundle the best model by validation loss so far.
 

@@ -135,21 +135,29 @@ class StreamLayout:
         return rows[:, :-1], rows[:, 1:]
 
 
-def make_stream_dataset(ids: np.ndarray, layout: StreamLayout):
-    """`tf.data` of the layout's batches in order, prefetched.
+def make_stream_dataset(ids: np.ndarray, layout: StreamLayout, *, first_step: int = 0,
+                        repeat: bool = True):
+    """`tf.data` of ((inputs, reset), targets) batches in stream order, prefetched.
 
+    Batch g of the run is batch g mod steps of the layout, whatever process reads it,
+    so a resumed run (first_step=g) sees exactly the data an uninterrupted one would.
+    `reset` is True where the streams start over, telling the model to zero its state.
     Batches are gathered from `ids` (an array or a memmap) one at a time, so memory
-    does not grow with the corpus. Order matters: the model carries state across them.
+    does not grow with the corpus.
     """
     import tensorflow as tf
 
+    shape = (layout.batch, layout.seq_len)
+
     def gather(step):
-        return layout.batch_at(ids, int(step))
+        return layout.batch_at(ids, int(step) % layout.steps)
 
     def load(step):
         x, y = tf.numpy_function(gather, [step], [tf.int32, tf.int32], stateful=False)
-        shape = (layout.batch, layout.seq_len)
-        return tf.ensure_shape(x, shape), tf.ensure_shape(y, shape)
+        reset = tf.equal(step % layout.steps, 0)
+        return (tf.ensure_shape(x, shape), reset), tf.ensure_shape(y, shape)
 
-    ds = tf.data.Dataset.range(layout.steps).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    last = np.iinfo(np.int64).max if repeat else layout.steps
+    ds = tf.data.Dataset.range(first_step, last)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -72,7 +72,7 @@ class CarriedStateModel(keras.Model):
     batch ends with is the right starting state for the next one: every step sees
     context far longer than --seq-len at no extra cost. The states live in
     non-trainable variables, one set for training and one for validation, and are
-    zeroed by `reset_carry` when the streams start over.
+    zeroed when a batch arrives with `reset` set (the streams start over).
 
     `train_step` follows Keras' own TensorFlow step (same loss and metric helpers),
     adding the carried state and the gradient global norm (`grad_norm` in the batch
@@ -93,40 +93,35 @@ class CarriedStateModel(keras.Model):
             for i in range(2 * cfg.layers)
         ]
 
-    def reset_carry(self, kind: str = "train") -> None:
-        """Zero the carried states: when the streams start again from their beginnings."""
-        for var in self.train_carry if kind == "train" else self.val_carry:
-            var.assign(keras.ops.zeros(var.shape))
-
     def call(self, tokens, training=False):
         return self.net([tokens, *self.train_carry], training=training)[0]
 
+    def _step(self, data, carry, training: bool):
+        """Forward one batch from the carried states; store the new states."""
+        (x, reset), y = data  # (batch, seq_len) each, reset: scalar bool
+        keep = 1.0 - keras.ops.cast(reset, "float32")
+        logits, *states = self.net([x, *[var * keep for var in carry]], training=training)
+        for var, state in zip(carry, states):
+            var.assign(keras.ops.stop_gradient(state))
+        loss = self._compute_loss(x=x, y=y, y_pred=logits, training=training)
+        return x, y, logits, loss  # logits: (batch, seq_len, vocab)
+
     def train_step(self, data):
         import tensorflow as tf
-        from keras.src import losses
+        from keras.src.losses.loss import unscale_loss_for_distribution
 
-        x, y = data  # (batch, seq_len) each
         with tf.GradientTape() as tape:
-            logits, *states = self.net([x, *self.train_carry], training=True)  # (batch, seq_len, vocab)
-            loss = self._compute_loss(x=x, y=y, y_pred=logits, training=True)
-            self._loss_tracker.update_state(losses.loss.unscale_loss_for_distribution(loss),
-                                            sample_weight=tf.shape(x)[0])
+            x, y, logits, loss = self._step(data, self.train_carry, training=True)
+            self._loss_tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=tf.shape(x)[0])
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, self.trainable_weights)
         grad_norm = tf.linalg.global_norm(grads)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
-        for var, state in zip(self.train_carry, states):
-            var.assign(tf.stop_gradient(state))
-        logs = self.compute_metrics(x, y, logits)
-        return {**logs, "grad_norm": grad_norm}
+        return {**self.compute_metrics(x, y, logits), "grad_norm": grad_norm}
 
     def test_step(self, data):
-        x, y = data
-        logits, *states = self.net([x, *self.val_carry], training=False)
-        loss = self._compute_loss(x=x, y=y, y_pred=logits, training=False)
+        x, y, logits, loss = self._step(data, self.val_carry, training=False)
         self._loss_tracker.update_state(loss, sample_weight=keras.ops.shape(x)[0])
-        for var, state in zip(self.val_carry, states):
-            var.assign(state)
         return self.compute_metrics(x, y, logits)
 
 

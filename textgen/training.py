@@ -133,15 +133,15 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path) -> Path:
     budget = cb.Budget(t.max_steps, t.max_minutes, planned, val_batches=val_layout.steps)
     best = cb.BestBundle(save)
     callbacks = [
-        progress, budget, cb.CosineSchedule(budget, t.learning_rate), cb.ResetCarry(),
+        progress, budget, cb.CosineSchedule(budget, t.learning_rate),
         keras.callbacks.TerminateOnNaN(),
         cb.TensorBoardScalars(run_dir, tokens_per_step, prepared.chars_per_token),
         best, cb.SamplePrinter(progress.write, sample, 1.0 / (math.log(2) * prepared.chars_per_token)),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=t.patience),
     ]
     history = trainer.fit(
-        make_stream_dataset(prepared.train_ids, layout), epochs=t.epochs, callbacks=callbacks,
-        validation_data=make_stream_dataset(prepared.val_ids, val_layout),
+        make_stream_dataset(prepared.train_ids, layout), epochs=t.epochs, steps_per_epoch=layout.steps,
+        validation_data=make_stream_dataset(prepared.val_ids, val_layout, repeat=False), callbacks=callbacks,
         shuffle=False, verbose=0,  # order matters: state is carried from batch to batch
     )
     _check_finite(history, best)
