@@ -60,3 +60,47 @@ def test_stopping_mid_epoch_still_validates_and_saves(tmp_path):
                            max_steps=3, **TINY)
     state = json.loads((bundle / "config.json").read_text())["state"]
     assert state["step"] == 3 and state["val_loss"] is not None
+
+
+class StopAt(__import__("keras").callbacks.Callback):
+    """Stops training after a given optimizer step, as an interrupt does."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) >= self.step:
+            self.model.stop_training = True
+
+
+def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    import numpy as np
+
+    from textgen.checkpoint import load_resume_state
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(300), encoding="utf-8")
+    options = {**TINY, "dropout": 0.1, "max_steps": 24, "checkpoint_dir": tmp_path / "ck", "log_dir": tmp_path / "runs"}
+    textgen.train(str(corpus), name="whole", **options)
+    textgen.train(str(corpus), name="split", callbacks=[StopAt(11)], **options)
+    assert load_resume_state(tmp_path / "ck" / "split").progress["step"] == 11
+    textgen.train(str(corpus), name="split", resume=True, **options)
+    whole = load_resume_state(tmp_path / "ck" / "whole")
+    split = load_resume_state(tmp_path / "ck" / "split")
+    assert split.progress["step"] == whole.progress["step"] == 24
+    for key in whole.arrays:
+        np.testing.assert_allclose(split.arrays[key], whole.arrays[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    steps = [s for s, _ in read_scalars(tmp_path / "runs" / "split" / "train")["loss"]]
+    assert steps == sorted(set(steps)) == [10, 20]  # the curve continues, no restart, no duplicates
+
+
+def test_resume_refuses_a_different_corpus_or_settings(tiny_bundle):
+    root = tiny_bundle.parent.parent
+    other = root / "other.txt"
+    other.write_text(make_text(150), encoding="utf-8")
+    kwargs = dict(name="tiny", checkpoint_dir=root / "checkpoints", log_dir=root / "runs", resume=True)
+    with pytest.raises(TextgenError, match="corpus differs"):
+        textgen.train(str(other), **kwargs)
+    with pytest.raises(TextgenError, match="--units 99 differs"):
+        textgen.train(str(root / "tiny.txt"), units=99, **kwargs)

@@ -54,15 +54,17 @@ class BatchLosses:
 class ProgressBar(keras.callbacks.Callback):
     """A tqdm bar over optimizer steps showing loss and tokens per second."""
 
-    def __init__(self, total_steps: int | None, tokens_per_step: int):
+    def __init__(self, total_steps: int | None, tokens_per_step: int, initial: int = 0):
         super().__init__()
         self.total_steps = total_steps
+        self.initial = initial
         self.tokens_per_step = tokens_per_step
         self.losses = BatchLosses(window=20)
         self.bar = None
 
     def on_train_begin(self, logs=None):
-        self.bar = tqdm(total=self.total_steps, unit="step", dynamic_ncols=True, desc="training")
+        self.bar = tqdm(total=self.total_steps, initial=self.initial, unit="step", dynamic_ncols=True,
+                        desc="training")
         self._t0, self._steps = time.perf_counter(), 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -199,33 +201,75 @@ class CosineSchedule(keras.callbacks.Callback):
 
 
 class BestBundle(keras.callbacks.Callback):
-    """Keep the bundle the best model by validation loss so far.
+    """Keep the bundle the best model by validation loss; stop after `patience` misses.
 
     `save(state)` writes the bundle; it is called when validation loss improves, and
-    at the end of training if no validation ever ran (so no work is lost).
+    at the end of training if no validation ever ran (so no work is lost). Early
+    stopping lives here rather than in keras.callbacks.EarlyStopping because that one
+    resets its counters in on_train_begin, so a resumed run would forget them.
     """
 
-    def __init__(self, save: Callable[[dict], Path], best: float = math.inf):
+    def __init__(self, save: Callable[[dict], Path], patience: int, best: float = math.inf,
+                 wait: int = 0, epoch: int = 0):
         super().__init__()
         self.save = save
-        self.best = best
+        self.patience = patience
+        self.best, self.wait, self.epoch = best, wait, epoch
         self.saved_path: Path | None = None
-        self.epoch = 0
+        self.stopped_early = False
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch = epoch + 1
         val_loss = float((logs or {}).get("val_loss", math.nan))
         if val_loss < self.best:  # NaN never compares smaller
-            self.best = val_loss
+            self.best, self.wait = val_loss, 0
             self.saved_path = self.save(self._state(val_loss))
+        elif not math.isnan(val_loss):
+            self.wait += 1
+            if self.wait >= self.patience:
+                self.stopped_early = True
+                self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        if self.saved_path is None and not math.isnan(float((logs or {}).get("loss", 0.0))):
+        no_validation_yet = math.isinf(self.best)
+        if no_validation_yet and not math.isnan(float((logs or {}).get("loss", 0.0))):
             self.saved_path = self.save(self._state(None))
 
+    def progress(self) -> dict:
+        """The counters a resumed run needs to carry on."""
+        return {"epoch": self.epoch, "step": _iterations(self.model),
+                "best_val_loss": None if math.isinf(self.best) else self.best, "wait": self.wait}
+
     def _state(self, val_loss: float | None) -> dict:
-        return {"epoch": self.epoch, "step": _iterations(self.model), "val_loss": val_loss,
-                "best_val_loss": None if math.isinf(self.best) else self.best}
+        return {**self.progress(), "val_loss": val_loss}
+
+
+class ResumeCheckpoint(keras.callbacks.Callback):
+    """Write the resume state every `every_steps` steps (or `every_seconds`) and at the end.
+
+    Nothing is written once the loss is not finite: the last good state stays.
+    """
+
+    def __init__(self, save: Callable[[], Path], every_steps: int | None, every_seconds: float = 300):
+        super().__init__()
+        self.save = save
+        self.every_steps, self.every_seconds = every_steps, every_seconds
+        self.last = time.perf_counter()
+        self.finite = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.finite = math.isfinite(float((logs or {}).get("loss", 0.0)))
+        if self.every_steps:
+            due = _iterations(self.model) % self.every_steps == 0
+        else:
+            due = time.perf_counter() - self.last >= self.every_seconds
+        if due and self.finite:
+            self.save()
+            self.last = time.perf_counter()
+
+    def on_train_end(self, logs=None):
+        if self.finite:
+            self.save()
 
 
 class SamplePrinter(keras.callbacks.Callback):

@@ -87,13 +87,13 @@ def load_bundle(path: Path | str) -> Bundle:
     return Bundle(path, config, tokenizer, model, dict(document.get("state") or {}))
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    """The parsed, structurally checked config.json of a bundle folder."""
-    config_path = path / CONFIG_FILE
+def read_config(path: Path, name: str = CONFIG_FILE) -> dict[str, Any]:
+    """The parsed, structurally checked config.json (or resume state.json) of a folder."""
+    config_path = path / name
     if not path.is_dir():
         raise BundleError(f"{path}: no such bundle folder")
     if not config_path.is_file():
-        raise BundleError(f"{path}: not a textgen bundle (no {CONFIG_FILE})")
+        raise BundleError(f"{path}: not a textgen bundle (no {name})")
     try:
         document = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -113,14 +113,14 @@ def read_config(path: Path) -> dict[str, Any]:
     return document
 
 
-def _verify_files(path: Path, files: dict[str, Any]) -> None:
-    for name in (WEIGHTS_FILE, TOKENIZER_FILE):
+def _verify_files(path: Path, files: dict[str, Any], names=(WEIGHTS_FILE, TOKENIZER_FILE)) -> None:
+    for name in names:
         file = path / name
         if not file.is_file():
             raise BundleError(f"{path}: bundle is missing {name}")
         if files.get(name) != sha256_file(file):
             raise BundleError(
-                f"{file}: contents do not match config.json's sha256 (torn or edited bundle)"
+                f"{file}: contents do not match the sha256 recorded beside it (torn or edited bundle)"
             )
 
 
@@ -184,3 +184,78 @@ def _versions() -> dict[str, str]:
     import tensorflow as tf
 
     return {"textgen": __version__, "keras": keras.__version__, "tensorflow": tf.__version__}
+
+
+# ---------------------------------------------------------------------------------
+# Resume state: everything needed to continue a run exactly, in NAME/resume/.
+
+RESUME_DIR = "resume"
+STATE_FILE = "state.json"
+ARRAYS_FILE = "variables.npz"
+
+
+@dataclass
+class ResumeState:
+    """A saved training state: config, tokenizer, every variable, and loop counters."""
+
+    config: Config
+    tokenizer: Tokenizer
+    arrays: dict[str, Any]  # "model/0007" or "optimizer/0012" -> np.ndarray
+    progress: dict[str, Any]  # step, epoch, best_val_loss, wait
+
+
+def save_resume_state(bundle_dir: Path, trainer, tokenizer: Tokenizer, config: Config,
+                      progress: dict) -> Path:
+    """Write the trainer's variables (weights, carried states, dropout seeds) and the
+    optimizer's (moments, iteration) in creation order, atomically, state.json last."""
+    import numpy as np
+
+    folder = Path(bundle_dir) / RESUME_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {f"model/{i:04d}": v.numpy() for i, v in enumerate(trainer.state_variables())}
+    arrays |= {f"optimizer/{i:04d}": v.numpy() for i, v in enumerate(trainer.optimizer.variables)}
+    arrays_tmp = folder / f".tmp-{os.getpid()}.{ARRAYS_FILE}"
+    with open(arrays_tmp, "wb") as f:
+        np.savez(f, **arrays)
+    tokenizer_tmp = folder / f".tmp-{os.getpid()}.{TOKENIZER_FILE}"
+    tokenizer.save(str(tokenizer_tmp))
+    files = {ARRAYS_FILE: sha256_file(arrays_tmp), TOKENIZER_FILE: sha256_file(tokenizer_tmp)}
+    _commit(arrays_tmp, folder / ARRAYS_FILE)
+    _commit(tokenizer_tmp, folder / TOKENIZER_FILE)
+    document = {"format_version": FORMAT_VERSION, "versions": _versions(), "config": config.to_dict(),
+                "state": progress, "files": files}
+    write_json_atomic(folder / STATE_FILE, document)
+    return folder
+
+
+def load_resume_state(bundle_dir: Path) -> ResumeState:
+    """Read and verify NAME/resume/; no pickle (np.load with allow_pickle=False)."""
+    import numpy as np
+
+    folder = Path(bundle_dir) / RESUME_DIR
+    if not (folder / STATE_FILE).is_file():
+        raise BundleError(f"{bundle_dir}: no resume state to continue from ({folder / STATE_FILE} is missing)")
+    document = read_config(folder, STATE_FILE)
+    try:
+        config = Config.from_dict(document["config"])
+    except (ConfigError, TypeError) as err:
+        raise BundleError(f"{folder}: invalid {STATE_FILE} ({err})") from None
+    _verify_files(folder, document["files"], (ARRAYS_FILE, TOKENIZER_FILE))
+    tokenizer = _load_tokenizer(folder, config)
+    try:
+        with np.load(folder / ARRAYS_FILE, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{folder / ARRAYS_FILE}: unreadable ({err})") from None
+    return ResumeState(config, tokenizer, arrays, dict(document.get("state") or {}))
+
+
+def restore_variables(variables: list, arrays: dict[str, Any], prefix: str) -> None:
+    """Assign saved arrays to variables in creation order, checking count and shapes."""
+    saved = sorted(key for key in arrays if key.startswith(prefix + "/"))
+    if len(saved) != len(variables):
+        raise BundleError(f"resume state has {len(saved)} {prefix} variables, the run has {len(variables)}")
+    for key, var in zip(saved, variables):
+        if tuple(arrays[key].shape) != tuple(var.shape):
+            raise BundleError(f"resume state {key} has shape {arrays[key].shape}, expected {tuple(var.shape)}")
+        var.assign(arrays[key])

@@ -71,33 +71,45 @@ def _defaults(section: type) -> dict[str, Any]:
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    tok, model, train = _defaults(TokenizerConfig), _defaults(ModelConfig), _defaults(TrainConfig)
+    # Options default to "not given" (SUPPRESS) so a resumed run can tell a flag the user
+    # typed from a default; the defaults shown come from the config dataclasses.
+    d = {**_defaults(TokenizerConfig), **_defaults(ModelConfig), **_defaults(TrainConfig)}
+
+    def option(group, flag: str, help: str, **kwargs):
+        key = flag[2:].replace("-", "_")
+        shown = f" (default: {d[key]})" if d.get(key) is not None else ""
+        group.add_argument(flag, default=argparse.SUPPRESS, help=help + shown, **kwargs)
+
     p.add_argument("corpus", nargs="+", metavar="CORPUS",
                    help="text file(s), a folder of .txt files, or a known corpus name (shakespeare, pydoc)")
     g = p.add_argument_group("tokens")
-    g.add_argument("--level", choices=LEVELS, default=tok["level"], help="token level (default: %(default)s)")
-    g.add_argument("--vocab-size", type=int, default=tok["vocab_size"], help="word vocabulary cap (default: %(default)s)")
-    g.add_argument("--encoding", default=tok["encoding"], help="corpus encoding (default: %(default)s)")
+    option(g, "--level", "token level", choices=LEVELS)
+    option(g, "--vocab-size", "word vocabulary cap", type=int)
+    option(g, "--encoding", "corpus encoding")
     g = p.add_argument_group("model")
-    g.add_argument("--layers", type=int, default=model["layers"], help="LSTM layers (default: %(default)s)")
-    g.add_argument("--units", type=int, default=model["units"], help="units per LSTM layer (default: %(default)s)")
-    g.add_argument("--embedding-dim", type=int, default=model["embedding_dim"], help="default: %(default)s")
-    g.add_argument("--dropout", type=float, default=model["dropout"], help="dropout between layers (default: %(default)s)")
+    option(g, "--layers", "LSTM layers", type=int)
+    option(g, "--units", "units per LSTM layer", type=int)
+    option(g, "--embedding-dim", "token embedding width", type=int)
+    option(g, "--dropout", "dropout between layers", type=float)
     g = p.add_argument_group("training")
-    g.add_argument("--seq-len", type=int, default=train["seq_len"], help="tokens per sequence (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=train["batch_size"], help="default: %(default)s")
-    g.add_argument("--learning-rate", type=float, default=train["learning_rate"], help="Adam (default: %(default)s)")
-    g.add_argument("--clip-norm", type=float, default=train["clip_norm"], help="global gradient norm cap (default: %(default)s)")
-    g.add_argument("--epochs", type=int, default=train["epochs"], help="at most this many passes (default: %(default)s)")
-    g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    g.add_argument("--max-minutes", type=float, default=None, help="wall-time budget, validation included")
-    g.add_argument("--val-fraction", type=float, default=train["val_fraction"], help="held-out tail (default: %(default)s)")
+    option(g, "--seq-len", "tokens per sequence (state is carried across sequences)", type=int)
+    option(g, "--batch-size", "sequences (contiguous streams) per step", type=int)
+    option(g, "--learning-rate", "Adam's peak rate; cosine decay to 0.1x over the budget", type=float)
+    option(g, "--clip-norm", "global gradient-norm cap", type=float)
+    option(g, "--epochs", "at most this many passes", type=int)
+    option(g, "--max-steps", "stop after this many optimizer steps", type=int)
+    option(g, "--max-minutes", "wall-time budget, validation included", type=float)
+    option(g, "--val-fraction", "held-out tail of the corpus", type=float)
+    option(g, "--patience", "validations without improvement before stopping", type=int)
+    option(g, "--seed", "initial weights and dropout", type=int)
+    option(g, "--checkpoint-every", "steps between resume states (default: about every 5 minutes)", type=int)
     g.add_argument("--val-file", default=None, help="validate on this file instead of the corpus tail")
-    g.add_argument("--patience", type=int, default=train["patience"], help="validations without improvement before stopping (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=train["seed"], help="default: %(default)s")
     g = p.add_argument_group("output")
     g.add_argument("--name", default=None, help="run name (default: the corpus file's stem)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run of that name")
+    g.add_argument("--resume", action="store_true", help="continue run NAME where it stopped")
+    g.add_argument("--init-from", default=None, metavar="BUNDLE",
+                   help="start from a bundle's weights and tokenizer (fine-tune on a new corpus)")
     g.add_argument("--checkpoint-dir", default="checkpoints", help="bundles go in DIR/NAME (default: %(default)s)")
     g.add_argument("--log-dir", default="runs", help="TensorBoard logs go in DIR/NAME (default: %(default)s)")
     p.set_defaults(run=_run_train)
@@ -134,15 +146,16 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-_NOT_OPTIONS = {"corpus", "name", "overwrite", "checkpoint_dir", "log_dir", "val_file", "verbose", "run"}
+_NOT_OPTIONS = {"corpus", "name", "overwrite", "resume", "init_from", "checkpoint_dir", "log_dir",
+                "val_file", "verbose", "run"}
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from textgen.training import train
 
     options = {k: v for k, v in vars(args).items() if k not in _NOT_OPTIONS}
-    train(args.corpus, name=args.name, overwrite=args.overwrite, checkpoint_dir=args.checkpoint_dir,
-          log_dir=args.log_dir, val_file=args.val_file, **options)
+    train(args.corpus, name=args.name, overwrite=args.overwrite, resume=args.resume, init_from=args.init_from,
+          checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir, val_file=args.val_file, **options)
     return 0
 
 

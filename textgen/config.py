@@ -67,7 +67,8 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-time budget from the first step, validation included
     val_fraction: float = 0.05  # the last 5% of the corpus is held out for validation
     patience: int = 3  # validations without improvement before stopping
-    seed: int = 0  # weights, shuffling and dropout all derive from it
+    seed: int = 0  # initial weights and dropout derive from it
+    checkpoint_every: int | None = None  # steps between resume states (None: about every 5 minutes)
 
     def validate(self) -> None:
         _check(self.seq_len >= 1, "seq_len must be at least 1")
@@ -80,6 +81,7 @@ class TrainConfig:
         _check(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
         _check(self.patience >= 1, "patience must be at least 1")
         _check(self.seed >= 0, "seed must be non-negative")
+        _check(self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -127,19 +129,32 @@ class Config:
 
 
 def config_from_options(**options: Any) -> Config:
-    """A validated Config from flat option names (`units=512, level="word", ...`).
+    """A validated Config from flat option names (`units=512, level="word", ...`)."""
+    return override(Config(), **options)
 
-    Each name belongs to exactly one section; `vocab_size` is the tokenizer's cap (the
-    model's vocabulary size always comes from the built tokenizer).
+
+def override(config: Config, **options: Any) -> Config:
+    """A copy of `config` with flat options replaced in whichever section owns them.
+
+    `vocab_size` is the tokenizer's cap (the model's vocabulary size always comes from
+    the built tokenizer).
     """
     sections = {"tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainConfig}
-    values: dict[str, dict[str, Any]] = {key: {} for key in sections}
+    values: dict[str, dict[str, Any]] = {key: dataclasses.asdict(getattr(config, key)) for key in sections}
     for key, value in options.items():
         owner = next((s for s, cls in sections.items() if key in _field_names(cls)), None)
         if owner is None:
             raise ConfigError(f"unknown option {key!r}")
         values[owner][key] = value
-    return Config(**{s: _build(cls, values[s], s) for s, cls in sections.items()}).validate()
+    return config.replace(**{s: _build(cls, values[s], s) for s, cls in sections.items()}).validate()
+
+
+def option_value(config: Config, key: str) -> Any:
+    """The current value of a flat option name in `config`."""
+    for section in (config.tokenizer, config.model, config.train):
+        if key in _field_names(type(section)):
+            return getattr(section, key)
+    raise ConfigError(f"unknown option {key!r}")
 
 
 def _field_names(section: type) -> set[str]:

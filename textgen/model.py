@@ -93,6 +93,10 @@ class CarriedStateModel(keras.Model):
             for i in range(2 * cfg.layers)
         ]
 
+    def state_variables(self) -> list:
+        """Everything a resumed run must restore: carried states, weights, dropout seeds."""
+        return [*self.train_carry, *self.val_carry, *self.net.variables]
+
     def call(self, tokens, training=False):
         return self.net([tokens, *self.train_carry], training=training)[0]
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from textgen.config import Config, TextgenError, config_from_options
+from textgen.checkpoint import CONFIG_FILE, load_bundle, load_resume_state
+from textgen.config import Config, TextgenError, TrainConfig, config_from_options, option_value, override
 from textgen.data import Corpus, StreamLayout, check_length, load_corpus, make_stream_dataset, split_ids
 from textgen.tokenizer import build_tokenizer, encode
 
@@ -27,9 +28,14 @@ class Prepared:
     chars_per_token: float  # for bits per character from nats per token
 
 
+# Options a resumed run may change: how long it goes on, not what it is.
+RESUMABLE = {"epochs", "max_steps", "max_minutes", "patience", "checkpoint_every"}
+
+
 def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool = False,
+          resume: bool = False, init_from: str | Path | None = None,
           checkpoint_dir: str | Path = "checkpoints", log_dir: str | Path = "runs",
-          val_file: str | None = None, **options: Any) -> Path:
+          val_file: str | None = None, callbacks: list | tuple = (), **options: Any) -> Path:
     """Train a model on `corpus` and return the path of its checkpoint bundle.
 
     Args:
@@ -37,20 +43,65 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
         name: run name (default: the corpus file's stem); bundle in CHECKPOINT_DIR/NAME,
             TensorBoard logs in LOG_DIR/NAME.
         overwrite: replace an existing run of that name.
+        resume: continue run NAME from its resume state (same corpus and settings; only
+            the budget options in RESUMABLE may change).
+        init_from: start from this bundle's weights and tokenizer (fine-tuning on a new corpus).
         val_file: validate on this file instead of holding out the end of the corpus.
+        callbacks: extra Keras callbacks for model.fit.
         **options: any field of TokenizerConfig, ModelConfig or TrainConfig, e.g.
             level="word", units=512, max_minutes=5.
     """
-    items = [corpus] if isinstance(corpus, (str, Path)) else list(corpus)
-    items = [str(i) for i in items]
+    items = [str(i) for i in ([corpus] if isinstance(corpus, (str, Path)) else corpus)]
     name = name or default_name(items)
     bundle_dir, run_dir = Path(checkpoint_dir) / name, Path(log_dir) / name
-    if (bundle_dir / "config.json").exists() and not overwrite:
-        raise TextgenError(f"{bundle_dir} already exists; choose another --name or pass --overwrite")
-    config = config_from_options(**options).replace(name=name)
-    prepared = prepare(items, val_file, config)
-    _claim_run(bundle_dir, run_dir, overwrite)
-    return fit(prepared, bundle_dir, run_dir)
+    state = start = None
+    if resume:
+        state = load_resume_state(bundle_dir)
+        prepared = prepare(items, val_file, _resumed_config(state.config, options), state.tokenizer)
+        _check_same_corpus(state.config, prepared.config, name)
+    else:
+        if (bundle_dir / CONFIG_FILE).exists() and not overwrite:
+            raise TextgenError(
+                f"{bundle_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
+                f"or choose another --name"
+            )
+        config, tokenizer = config_from_options(**options), None
+        if init_from:
+            start = load_bundle(init_from)
+            config, tokenizer = _fine_tune_config(start.config, options), start.tokenizer
+        prepared = prepare(items, val_file, config.replace(name=name), tokenizer)
+    _claim_run(bundle_dir, run_dir, overwrite and not resume)
+    return fit(prepared, bundle_dir, run_dir, state, start.model if start else None, list(callbacks))
+
+
+def _resumed_config(saved: Config, options: dict[str, Any]) -> Config:
+    """The saved run's config, with only budget options taken from the command line."""
+    for key, value in options.items():
+        if key not in RESUMABLE and option_value(saved, key) != value:
+            raise TextgenError(
+                f"--{key.replace('_', '-')} {value} differs from the run's {option_value(saved, key)}; "
+                f"a resumed run keeps its settings (start a new --name to change them)"
+            )
+    return override(saved, **{k: v for k, v in options.items() if k in RESUMABLE})
+
+
+def _fine_tune_config(base: Config, options: dict[str, Any]) -> Config:
+    """A new run on the bundle's architecture and tokenizer; training options may change."""
+    fixed = {k for k in options if option_value(base, k) != options[k]} - {f.name for f in dataclasses.fields(TrainConfig)}
+    if fixed:
+        raise TextgenError(f"--init-from keeps the bundle's model and tokenizer; cannot change {sorted(fixed)}")
+    return override(Config(tokenizer=base.tokenizer, model=base.model), **options)
+
+
+def _check_same_corpus(saved: Config, current: Config, name: str) -> None:
+    def digests(config: Config) -> list[str]:
+        return [s["sha256"] for s in config.corpus.get("sources", [])]
+
+    if digests(saved) != digests(current):
+        raise TextgenError(
+            f"the corpus differs from the one run {name!r} was trained on; resuming needs the same text "
+            f"(to fine-tune on a new corpus, start a new run with --init-from {name}'s bundle)"
+        )
 
 
 def default_name(items: list[str]) -> str:
@@ -69,12 +120,13 @@ def _claim_run(bundle_dir: Path, run_dir: Path, overwrite: bool) -> None:
             raise TextgenError(f"{folder}: cannot create folder ({err.strerror})") from None
 
 
-def prepare(items: list[str], val_file: str | None, config: Config) -> Prepared:
-    """Read the corpus, build the tokenizer, encode and split into train/validation ids."""
+def prepare(items: list[str], val_file: str | None, config: Config, tokenizer=None) -> Prepared:
+    """Read the corpus, build the tokenizer (unless given), encode, split train/validation."""
     corpus = load_corpus(items, config.tokenizer.encoding)
     val_text = load_corpus([val_file], config.tokenizer.encoding).text if val_file else ""
     tok = config.tokenizer
-    tokenizer = build_tokenizer([corpus.text, val_text], tok.level, tok.vocab_size)
+    if tokenizer is None:
+        tokenizer = build_tokenizer([corpus.text, val_text], tok.level, tok.vocab_size)
     ids = encode(tokenizer, corpus.text)
     seq_len = config.train.seq_len
     if val_file:
@@ -93,12 +145,19 @@ def _provenance(corpus: Corpus, val_file: str | None) -> dict:
     return {"sources": corpus.sources, "characters": len(corpus.text), "val_file": val_file}
 
 
-def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path) -> Path:
-    """Build, compile and fit the model; the best bundle by validation loss ends in bundle_dir."""
+def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, init_model=None,
+        extra_callbacks: list | None = None) -> Path:
+    """Build, compile and fit the model; the best bundle by validation loss ends in bundle_dir.
+
+    Args:
+        resume_state: a checkpoint.ResumeState to continue from exactly.
+        init_model: a Keras model whose weights start the run (fine-tuning).
+        extra_callbacks: more Keras callbacks for model.fit.
+    """
     import keras
 
     from textgen import callbacks as cb
-    from textgen.checkpoint import save_bundle
+    from textgen.checkpoint import save_bundle, save_resume_state
     from textgen.generate import TextGenerator
     from textgen.model import CarriedStateModel, build_model, build_stateful_model, copy_weights
 
@@ -113,9 +172,13 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path) -> Path:
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=False,  # XLA makes the LSTM loop slower on CPU (measured: bench/train_speed.py)
     )
+    progress = _restore(trainer, resume_state) if resume_state else {}
+    if init_model is not None:
+        copy_weights(init_model, net)
     export = build_model(cfg.model)  # the plain tokens -> logits view saved in bundles
+    first_step = int(trainer.optimizer.iterations.numpy())
     tokens_per_step = layout.batch * layout.seq_len
-    _announce(prepared, layout, bundle_dir, run_dir)
+    _announce(prepared, layout, bundle_dir, run_dir, first_step)
 
     def current_model() -> keras.Model:
         copy_weights(net, export)
@@ -129,29 +192,49 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path) -> Path:
         return generator.generate(length=200, temperature=0.8, seed=t.seed)
 
     planned = t.epochs * layout.steps
-    progress = cb.ProgressBar(min(planned, t.max_steps or planned), tokens_per_step)
+    bar = cb.ProgressBar(min(planned, t.max_steps or planned), tokens_per_step, initial=first_step)
     budget = cb.Budget(t.max_steps, t.max_minutes, planned, val_batches=val_layout.steps)
-    best = cb.BestBundle(save)
+    best = cb.BestBundle(save, t.patience, _inf(progress.get("best_val_loss")), progress.get("wait", 0),
+                         progress.get("epoch", 0))
+    resume_writer = cb.ResumeCheckpoint(
+        lambda: save_resume_state(bundle_dir, trainer, prepared.tokenizer, cfg, best.progress()),
+        t.checkpoint_every,
+    )
     callbacks = [
-        progress, budget, cb.CosineSchedule(budget, t.learning_rate),
-        keras.callbacks.TerminateOnNaN(),
+        bar, budget, cb.CosineSchedule(budget, t.learning_rate), keras.callbacks.TerminateOnNaN(),
         cb.TensorBoardScalars(run_dir, tokens_per_step, prepared.chars_per_token),
-        best, cb.SamplePrinter(progress.write, sample, 1.0 / (math.log(2) * prepared.chars_per_token)),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=t.patience),
+        best, resume_writer, cb.SamplePrinter(bar.write, sample, 1.0 / (math.log(2) * prepared.chars_per_token)),
+        *(extra_callbacks or []),
     ]
     history = trainer.fit(
-        make_stream_dataset(prepared.train_ids, layout), epochs=t.epochs, steps_per_epoch=layout.steps,
-        validation_data=make_stream_dataset(prepared.val_ids, val_layout, repeat=False), callbacks=callbacks,
-        shuffle=False, verbose=0,  # order matters: state is carried from batch to batch
+        make_stream_dataset(prepared.train_ids, layout, first_step=first_step),
+        steps_per_epoch=layout.steps, initial_epoch=best.epoch, epochs=max(t.epochs, best.epoch + 1),
+        validation_data=make_stream_dataset(prepared.val_ids, val_layout, repeat=False),
+        callbacks=callbacks, shuffle=False, verbose=0,  # order matters: state is carried across batches
     )
     _check_finite(history, best)
-    if budget.reason:
-        print(f"Stopped: {budget.reason}.")
-    _summarize(best, prepared.chars_per_token)
+    for reason in (budget.reason, "no improvement for --patience validations" if best.stopped_early else ""):
+        if reason:
+            print(f"Stopped: {reason}.")
+    _summarize(best, prepared.chars_per_token, bundle_dir)
     return bundle_dir
 
 
-def _announce(prepared: Prepared, layout: StreamLayout, bundle_dir: Path, run_dir: Path) -> None:
+def _restore(trainer, state) -> dict:
+    """Load a resume state's variables into a freshly built trainer and its optimizer."""
+    from textgen.checkpoint import restore_variables
+
+    trainer.optimizer.build(trainer.trainable_variables)
+    restore_variables(trainer.state_variables(), state.arrays, "model")
+    restore_variables(trainer.optimizer.variables, state.arrays, "optimizer")
+    return state.progress
+
+
+def _inf(value: float | None) -> float:
+    return math.inf if value is None else float(value)
+
+
+def _announce(prepared: Prepared, layout: StreamLayout, bundle_dir: Path, run_dir: Path, first_step: int) -> None:
     cfg = prepared.config
     print(
         f"Corpus: {cfg.corpus['characters']:,} characters -> {len(prepared.train_ids):,} training and "
@@ -163,6 +246,8 @@ def _announce(prepared: Prepared, layout: StreamLayout, bundle_dir: Path, run_di
         f"Model: {m.layers}x{m.units} LSTM, batch {layout.batch} x {layout.seq_len} tokens "
         f"(state carried across batches), {layout.steps:,} steps per epoch"
     )
+    if first_step:
+        print(f"Resuming at step {first_step:,}")
     print(f"Bundle: {bundle_dir}/   TensorBoard: tensorboard --logdir {run_dir.parent}")
 
 
@@ -173,8 +258,8 @@ def _check_finite(history, best) -> None:
         raise TextgenError(f"training stopped: the loss became {losses[-1]}{kept}")
 
 
-def _summarize(best, chars_per_token: float) -> None:
+def _summarize(best, chars_per_token: float, bundle_dir: Path) -> None:
     bits_scale = 1.0 / (math.log(2) * chars_per_token)
     if math.isfinite(best.best):
         print(f"Best validation loss {best.best:.4f} nats/token ({best.best * bits_scale:.3f} bits/char)")
-    print(f"Saved {best.saved_path}")
+    print(f"Bundle: {bundle_dir} (generate with: textgen generate {bundle_dir})")
