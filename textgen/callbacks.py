@@ -1,7 +1,8 @@
 """Keras callbacks that make `model.fit` a textgen run.
 
 Each does one job: progress bar, TensorBoard scalars, stopping on a time or step
-budget, keeping the best bundle, printing a sample after each validation.
+budget, keeping the best bundle, printing a sample after each validation, stopping
+cleanly on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -297,3 +298,88 @@ class SamplePrinter(keras.callbacks.Callback):
             f"val loss {val:.4f} ({val * self.bits_scale:.3f} bits/char)"
         )
         self.report("  " + self.make_sample().replace("\n", "\n  "))
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Ctrl-C (SIGINT) or SIGTERM: finish the current step, then stop training cleanly.
+
+    Used as a context manager around `model.fit` (so the handlers are restored even when
+    fit raises, and a signal during the first step's compilation is caught too) and as
+    a callback (to stop at the next step boundary). Keras then runs its validation and
+    the callbacks' on_train_end, so BestBundle keeps the best model, or the current one
+    if no validation ran. A second signal gives up at once (KeyboardInterrupt).
+
+    Hook for resume code: every callable in `on_interrupt` is called with the signal
+    number right after the interrupted step, before validation, while the model,
+    optimizer and data position are exactly at that step boundary.
+
+    Hand-written because Keras has no signal handling of its own: Python's default
+    raises KeyboardInterrupt wherever the main thread happens to be, mid-step or mid-save.
+    """
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self, report: Callable[[str], None] = print):
+        super().__init__()
+        self.report = report
+        self.on_interrupt: list[Callable[[int], None]] = []
+        self.signum: int | None = None  # the signal that stopped training, if any
+        self.step: int | None = None  # the optimizer step it stopped after
+        self._previous: dict[int, object] = {}
+        self._announced = False
+
+    @property
+    def exit_code(self) -> int:
+        """The shell convention for death by a signal: 128 + its number (130, 143)."""
+        return 128 + (self.signum or 0)
+
+    @property
+    def signal_name(self) -> str:
+        import signal
+
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def __enter__(self) -> "StopOnSignal":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # Python's rule for handlers
+            for name in self.SIGNALS:
+                number = getattr(signal, name)
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # the second signal: the user insists
+            raise KeyboardInterrupt
+        self.signum = signum
+        if self.model is not None:
+            self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self._announced:  # also the "ready" line that tests wait for before signalling
+            self._announced = True
+            self.report("First step done; Ctrl-C stops after the current step and keeps the work.")
+        self._stop_if_signalled()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._stop_if_signalled()  # a signal during validation stops at the epoch boundary
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether a signal stopped training before it would have ended on its own."""
+        return self.step is not None
+
+    def _stop_if_signalled(self) -> None:
+        if self.signum is not None and self.step is None:
+            self.model.stop_training = True
+            self.step = _iterations(self.model)
+            for hook in self.on_interrupt:
+                hook(self.signum)

@@ -6,20 +6,33 @@
         tokenizer.json      a `tokenizers.Tokenizer`
         model.weights.h5    Keras weights (HDF5, no pickle, no code)
 
-Writing: each file goes to a temporary name in the same folder, is fsynced and renamed
-over the old one; config.json goes last and names the hashes of the files it belongs
-with, so a crash between renames leaves a bundle whose hashes disagree, which loading
-detects and refuses instead of pairing new weights with an old config.
+Writing is crash-consistent: every new file is written under a temporary name and
+fsynced; the current weights and tokenizer are hard-linked to `.prev.*` names; the
+new files are renamed into place and config.json (naming the hashes of the files it
+belongs with) goes last. A crash at any point leaves config.json whose hashed files
+are on disk, either under their own names or as `.prev.*`, and loading picks them by
+hash, so the last complete bundle always loads and a torn pair is never paired.
 
-Loading rebuilds the architecture from a validated config.json and then loads weights
-by name and shape: opening a bundle never deserializes code from it.
+Loading rebuilds the architecture from a validated config.json, checks that the
+weights file holds exactly the variables (names, shapes, float dtype) that
+architecture has and nothing else (no links to other files), then loads them and
+refuses non-finite values: opening a bundle never deserializes code from it, and a
+bundle is loaded whole or refused, never half-loaded.
+
+Fault injection for tests (kill -9 and full-disk at a chosen moment of a save):
+TEXTGEN_CRASH_AT=POINT[:N] ends the process with os._exit at the N-th time (default
+1st) a save reaches POINT; TEXTGEN_FAIL_AT=POINT[:N] raises ENOSPC there instead.
+POINTs: files-written, previous-kept, weights-renamed, tokenizer-renamed, config-renamed.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +46,11 @@ from textgen.tokenizer import tokenizer_level
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 WEIGHTS_FILE = "model.weights.h5"
+PREVIOUS = ".prev."  # prefix of the last complete bundle's files while a save is under way
 _TOP_KEYS = {"format_version", "versions", "config", "state", "files"}
+OPTIMIZER_GROUP = "optimizer/"  # where Keras saves a compiled model's optimizer variables
+_MAX_CONFIG_BYTES = 1 << 20  # a real config.json is a few KB; refuse to parse a huge one
+_CRASH_EXIT = 137  # what a kill -9 looks like to a shell
 
 
 class BundleError(TextgenError):
@@ -52,25 +69,113 @@ class Bundle:
 
 
 def save_bundle(path: Path, model, tokenizer: Tokenizer, config: Config, state: dict) -> Path:
-    """Write a bundle atomically file by file (config.json last); return its folder."""
+    """Write a bundle crash-consistently (see the module docstring); return its folder.
+
+    On an OSError (a full disk, a vanished folder) the new files are removed, the
+    previous bundle is left as it was, and BundleError says so.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    weights_tmp = path / f".tmp-{os.getpid()}.weights.h5"  # Keras insists on this suffix
-    model.save_weights(str(weights_tmp))
-    tokenizer_tmp = path / f".tmp-{os.getpid()}.tokenizer.json"
-    tokenizer.save(str(tokenizer_tmp))
-    files = {WEIGHTS_FILE: sha256_file(weights_tmp), TOKENIZER_FILE: sha256_file(tokenizer_tmp)}
-    _commit(weights_tmp, path / WEIGHTS_FILE)
-    _commit(tokenizer_tmp, path / TOKENIZER_FILE)
-    document = {
-        "format_version": FORMAT_VERSION,
-        "versions": _versions(),
-        "config": config.to_dict(),
-        "state": state,
-        "files": files,
-    }
-    write_json_atomic(path / CONFIG_FILE, document)
+    _remove_stale_temporaries(path)
+    weights_tmp = path / f".tmp-{os.getpid()}.{WEIGHTS_FILE}"  # Keras insists on the .weights.h5 suffix
+    tokenizer_tmp = path / f".tmp-{os.getpid()}.{TOKENIZER_FILE}"
+    renamed: list[str] = []
+    try:
+        model.save_weights(str(weights_tmp))
+        tokenizer.save(str(tokenizer_tmp))
+        for tmp in (weights_tmp, tokenizer_tmp):
+            _fsync(tmp)
+        files = {WEIGHTS_FILE: sha256_file(weights_tmp), TOKENIZER_FILE: sha256_file(tokenizer_tmp)}
+        document = {"format_version": FORMAT_VERSION, "versions": _versions(),
+                    "config": config.to_dict(), "state": state, "files": files}
+        fault_point("files-written")
+        _keep_previous(path)
+        fault_point("previous-kept")
+        for tmp, name, point in ((weights_tmp, WEIGHTS_FILE, "weights-renamed"),
+                                 (tokenizer_tmp, TOKENIZER_FILE, "tokenizer-renamed")):
+            _commit(tmp, path / name)
+            renamed.append(name)
+            fault_point(point)
+        write_json_atomic(path / CONFIG_FILE, document)
+        fault_point("config-renamed")
+    except OSError as err:
+        _roll_back(path, renamed, [weights_tmp, tokenizer_tmp])
+        raise BundleError(f"{path}: could not save the bundle ({err.strerror or err}); "
+                          "the previous bundle is kept") from None
+    for name in (WEIGHTS_FILE, TOKENIZER_FILE):
+        _unlink(path / (PREVIOUS + name))  # config.json now names the new files
     return path
+
+
+def _keep_previous(path: Path) -> None:
+    """Hard-link the current bundle's files to `.prev.*` so a torn save can fall back.
+
+    Only files that config.json's hashes vouch for are kept: after a crash the
+    `.prev.*` copy may be the good one and the main name a torn newer file.
+    """
+    try:
+        hashes = read_config(path)["files"]
+    except BundleError:
+        return  # no complete bundle yet: nothing to keep
+    for name in (WEIGHTS_FILE, TOKENIZER_FILE):
+        current, previous = path / name, path / (PREVIOUS + name)
+        if current.is_file() and sha256_file(current) == hashes.get(name):
+            _unlink(previous)
+            _link_or_copy(current, previous)
+
+
+def _roll_back(path: Path, renamed: list[str], temporaries: list[Path]) -> None:
+    """Undo a failed save as far as the disk allows; loading copes with whatever is left."""
+    for tmp in temporaries:
+        _unlink(tmp)
+    for name in renamed:
+        previous = path / (PREVIOUS + name)
+        if previous.is_file():
+            try:
+                os.replace(previous, path / name)  # a rename needs no free space
+            except OSError:
+                pass
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of saves that died (kill -9) are garbage: one writer per bundle."""
+    for stale in path.glob(".tmp-*"):
+        _unlink(stale)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # FAT, some network file systems: no hard links
+        shutil.copyfile(source, target)
+        _fsync(target)
+
+
+def _unlink(file: Path) -> None:
+    try:
+        file.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        pass  # left-over files are harmless: loading goes by config.json's hashes
+
+
+def fault_point(point: str) -> None:
+    """Crash (TEXTGEN_CRASH_AT) or fail with ENOSPC (TEXTGEN_FAIL_AT) here, for tests.
+
+    The value is POINT or POINT:N (the N-th time this point is reached in this process).
+    Hand-written because no library injects faults between two renames of our own.
+    """
+    _hits[point] = _hits.get(point, 0) + 1
+    for variable in ("TEXTGEN_CRASH_AT", "TEXTGEN_FAIL_AT"):
+        wanted, _, nth = os.environ.get(variable, "").partition(":")
+        if wanted == point and _hits[point] == int(nth or 1):
+            if variable == "TEXTGEN_CRASH_AT":
+                os._exit(_CRASH_EXIT)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+_hits: dict[str, int] = {}
 
 
 def load_bundle(path: Path | str) -> Bundle:
@@ -81,26 +186,31 @@ def load_bundle(path: Path | str) -> Bundle:
         config = Config.from_dict(document["config"])
     except (ConfigError, TypeError) as err:
         raise BundleError(f"{path}: invalid config.json ({err})") from None
-    _verify_files(path, document["files"])
-    tokenizer = _load_tokenizer(path, config)
-    model = _load_model(path, config)
-    return Bundle(path, config, tokenizer, model, dict(document.get("state") or {}))
+    if config.model.vocab_size < 2:
+        raise BundleError(f"{path}: invalid config.json (model.vocab_size must be at least 2)")
+    weights = _pick_file(path, WEIGHTS_FILE, document["files"])
+    tokenizer = _load_tokenizer(_pick_file(path, TOKENIZER_FILE, document["files"]), config)
+    model = _load_model(weights, config)
+    return Bundle(path, config, tokenizer, model, dict(document["state"]))
 
 
 def read_config(path: Path, name: str = CONFIG_FILE) -> dict[str, Any]:
     """The parsed, structurally checked config.json (or resume state.json) of a folder."""
+    path = Path(path)
     config_path = path / name
     if not path.is_dir():
         raise BundleError(f"{path}: no such bundle folder")
     if not config_path.is_file():
         raise BundleError(f"{path}: not a textgen bundle (no {name})")
     try:
+        if config_path.stat().st_size > _MAX_CONFIG_BYTES:
+            raise BundleError(f"{config_path}: too large for a textgen config")
         document = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{config_path}: unreadable ({err})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise BundleError(f"{config_path}: unreadable ({type(err).__name__}: {err})") from None
     if not isinstance(document, dict) or "format_version" not in document:
         raise BundleError(f"{config_path}: not a textgen config (no format_version)")
-    if document["format_version"] != FORMAT_VERSION:
+    if document["format_version"] != FORMAT_VERSION or isinstance(document["format_version"], bool):
         raise BundleError(
             f"{config_path}: format_version {document['format_version']!r} is not supported "
             f"(this textgen reads {FORMAT_VERSION})"
@@ -110,46 +220,112 @@ def read_config(path: Path, name: str = CONFIG_FILE) -> dict[str, Any]:
         raise BundleError(f"{config_path}: unknown keys {sorted(unknown)}")
     if not isinstance(document.get("files"), dict) or "config" not in document:
         raise BundleError(f"{config_path}: incomplete config (no files or config section)")
+    if not isinstance(document.get("state", {}), dict) or not isinstance(document.get("versions", {}), dict):
+        raise BundleError(f"{config_path}: state and versions must be JSON objects")
+    document.setdefault("state", {})
     return document
 
 
 def _verify_files(path: Path, files: dict[str, Any], names=(WEIGHTS_FILE, TOKENIZER_FILE)) -> None:
     for name in names:
-        file = path / name
-        if not file.is_file():
-            raise BundleError(f"{path}: bundle is missing {name}")
-        if files.get(name) != sha256_file(file):
-            raise BundleError(
-                f"{file}: contents do not match the sha256 recorded beside it (torn or edited bundle)"
-            )
+        _pick_file(path, name, files)
 
 
-def _load_tokenizer(path: Path, config: Config) -> Tokenizer:
+def _pick_file(path: Path, name: str, hashes: dict[str, Any]) -> Path:
+    """The file config.json's sha256 names: `name`, or `.prev.name` after a torn save."""
+    expected = hashes.get(name)
+    for candidate in (path / name, path / (PREVIOUS + name)):
+        if candidate.is_file() and sha256_file(candidate) == expected:
+            return candidate
+    if not (path / name).is_file():
+        raise BundleError(f"{path}: bundle is missing {name}")
+    raise BundleError(f"{path / name}: contents do not match the sha256 recorded beside it (torn or edited bundle)")
+
+
+def _load_tokenizer(file: Path, config: Config) -> Tokenizer:
     try:
-        tokenizer = Tokenizer.from_file(str(path / TOKENIZER_FILE))
+        tokenizer = Tokenizer.from_file(str(file))
         level = tokenizer_level(tokenizer)
     except Exception as err:  # the tokenizers library raises plain Exceptions
-        raise BundleError(f"{path / TOKENIZER_FILE}: not a textgen tokenizer ({err})") from None
+        raise BundleError(f"{file}: not a textgen tokenizer ({_first_line(err)})") from None
     if level != config.tokenizer.level:
-        raise BundleError(f"{path}: tokenizer is {level} level but config says {config.tokenizer.level}")
+        raise BundleError(f"{file}: tokenizer is {level} level but config says {config.tokenizer.level}")
     if tokenizer.get_vocab_size() != config.model.vocab_size:
         raise BundleError(
-            f"{path}: tokenizer has {tokenizer.get_vocab_size():,} tokens but config says "
+            f"{file}: tokenizer has {tokenizer.get_vocab_size():,} tokens but config says "
             f"vocab_size {config.model.vocab_size:,}"
         )
     return tokenizer
 
 
-def _load_model(path: Path, config: Config):
+def _load_model(file: Path, config: Config):
+    """Build the config's architecture and fill it from `file`, all or nothing."""
+    import numpy as np
+
     from textgen.model import build_model
 
+    found = weights_layout(file)
+    if sum(int(np.prod(shape)) for shape in found.values()) != config.model.parameter_count():
+        raise BundleError(f"{file}: weights do not fit config (the file holds "
+                          f"{sum(int(np.prod(s)) for s in found.values()):,} numbers, the config's "
+                          f"model has {config.model.parameter_count():,})")
     model = build_model(config.model)
+    expected = _expected_layout(model)
+    if found != expected:
+        wrong = sorted(set(found.items()) ^ set(expected.items()))[0][0]
+        raise BundleError(f"{file}: weights do not fit config (variable {wrong} differs)")
     try:
-        model.load_weights(str(path / WEIGHTS_FILE))
-    except Exception as err:  # h5py/Keras raise many types for damaged or mismatched files
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BundleError(f"{path / WEIGHTS_FILE}: weights do not fit config ({first_line})") from None
+        model.load_weights(str(file))
+    except Exception as err:  # h5py/Keras raise many types for damaged files
+        raise BundleError(f"{file}: weights do not fit config ({_first_line(err)})") from None
+    if not all(np.isfinite(w).all() for w in model.get_weights()):
+        raise BundleError(f"{file}: weights contain NaN or infinite values")
     return model
+
+
+def weights_layout(file: Path) -> dict[str, tuple[int, ...]]:
+    """{variable path: shape} of a Keras .weights.h5 file, refusing anything but plain data.
+
+    Links to other files, external or virtual storage and non-float datasets are
+    refused: a weights file must hold its numbers itself. The optimizer's variables
+    (saved by a compiled model, for resuming) are checked the same way but not listed:
+    loading for generation ignores them.
+    """
+    import h5py
+
+    layout: dict[str, tuple[int, ...]] = {}
+    try:
+        with h5py.File(file, "r") as handle:
+            links: list[tuple[str, Any]] = []
+            handle.visititems_links(lambda name, link: links.append((name, link)))  # None: keep going
+            for name, link in links:
+                if not isinstance(link, h5py.HardLink):
+                    raise BundleError(f"{file}: weights file links to other data ({name})")
+                item = handle[name]
+                if isinstance(item, h5py.Dataset):
+                    optimizer = name.startswith(OPTIMIZER_GROUP)  # its step counter is an integer
+                    if item.is_virtual or item.external or item.dtype.kind not in ("fiu" if optimizer else "f"):
+                        raise BundleError(f"{file}: weights file has an unexpected dataset ({name})")
+                    if not optimizer:
+                        layout[name] = tuple(int(n) for n in item.shape)
+    except BundleError:
+        raise
+    except Exception as err:  # truncated or not HDF5 at all
+        raise BundleError(f"{file}: not a readable weights file ({_first_line(err)})") from None
+    return layout
+
+
+def _expected_layout(model) -> dict[str, tuple[int, ...]]:
+    """The layout Keras writes for `model`, found by writing it (robust to Keras' naming)."""
+    with tempfile.TemporaryDirectory(prefix="textgen-layout-") as folder:
+        reference = Path(folder) / "reference.weights.h5"
+        model.save_weights(str(reference))
+        return weights_layout(reference)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def sha256_file(path: Path) -> str:
@@ -163,14 +339,23 @@ def sha256_file(path: Path) -> str:
 def write_json_atomic(path: Path, document: Any) -> None:
     """Write JSON to a temporary file, fsync it and rename it over `path`."""
     tmp = path.with_name(f".tmp-{os.getpid()}.{path.name}")
-    tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    _commit(tmp, path)
+    try:
+        tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n",
+                       encoding="utf-8")
+        _commit(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _fsync(file: Path) -> None:
+    with open(file, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def _commit(tmp: Path, final: Path) -> None:
     """fsync a finished temporary file, rename it into place, fsync the folder."""
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    _fsync(tmp)
     os.replace(tmp, final)
     folder = os.open(final.parent, os.O_RDONLY)
     try:
@@ -241,7 +426,7 @@ def load_resume_state(bundle_dir: Path) -> ResumeState:
     except (ConfigError, TypeError) as err:
         raise BundleError(f"{folder}: invalid {STATE_FILE} ({err})") from None
     _verify_files(folder, document["files"], (ARRAYS_FILE, TOKENIZER_FILE))
-    tokenizer = _load_tokenizer(folder, config)
+    tokenizer = _load_tokenizer(_pick_file(folder, TOKENIZER_FILE, document["files"]), config)
     try:
         with np.load(folder / ARRAYS_FILE, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}

@@ -2,7 +2,8 @@
 
 TensorFlow is imported only after the arguments are parsed, with its start-up log
 lines hidden unless --verbose is given: the terminal belongs to the user. User errors
-print one line on stderr and exit 2; Ctrl-C exits 130.
+print one line on stderr and exit 2; Ctrl-C exits 130. Ctrl-C or SIGTERM during
+training finishes the step, saves, prints how to resume and exits 130 or 143.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from typing import Any, Sequence
 
 from textgen import __version__
-from textgen.config import LEVELS, ModelConfig, TextgenError, TokenizerConfig, TrainConfig
+from textgen.config import LEVELS, MAX_SEED, Interrupted, ModelConfig, TextgenError, TokenizerConfig, TrainConfig
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -38,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_tensorflow(args.verbose)
     try:
         return args.run(args)
+    except Interrupted as stop:  # Ctrl-C/SIGTERM during training: work saved, say how to resume
+        print(f"textgen: {stop}", file=sys.stderr)
+        return stop.exit_code
     except TextgenError as err:
         print(f"textgen: error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -121,7 +125,7 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length", type=_positive_int, default=200, help="tokens to generate (default: %(default)s)")
     p.add_argument("--temperature", type=_non_negative_float, default=1.0,
                    help="randomness; 0 = always the most likely token (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=None, help="same seed, same text")
+    p.add_argument("--seed", type=_seed, default=None, help="same seed, same text")
     p.set_defaults(run=_run_generate)
 
 
@@ -136,6 +140,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}, not {value}")
     return value
 
 

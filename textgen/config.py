@@ -7,16 +7,31 @@ every key, type and range, so a bundle can only describe models textgen makes.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 FORMAT_VERSION = 1
 LEVELS = ("char", "word")
+# Upper bounds keep every value inside what NumPy, tf.data and the tokenizers library
+# accept (a 2**32 seed or a 2**64 vocabulary would crash them with a traceback).
+MAX_SEED = 2**32 - 1
+MAX_COUNT = 2**31 - 1
 
 
 class TextgenError(Exception):
     """A problem with the user's input: the CLI prints it as one line and exits 2."""
+
+
+class Interrupted(TextgenError):
+    """Training stopped on SIGINT/SIGTERM after a clean step; the CLI exits 128 + signal."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class ConfigError(TextgenError, ValueError):
@@ -33,7 +48,8 @@ class TokenizerConfig:
 
     def validate(self) -> None:
         _check(self.level in LEVELS, f"level must be one of {', '.join(LEVELS)}, not {self.level!r}")
-        _check(self.vocab_size >= 2, "vocab_size must be at least 2")
+        _check(2 <= self.vocab_size <= 10**7, "vocab_size must be in 2..10000000")
+        _check(_is_text_encoding(self.encoding), f"unknown text encoding {self.encoding!r}")
 
 
 @dataclass(frozen=True)
@@ -47,11 +63,21 @@ class ModelConfig:
     dropout: float = 0.1  # between layers; a 1 MB corpus overfits after a few epochs without it
 
     def validate(self) -> None:
-        _check(self.vocab_size == 0 or self.vocab_size >= 2, "vocab_size must be at least 2")
+        _check(0 <= self.vocab_size <= 10**7 and self.vocab_size != 1, "vocab_size must be in 2..10000000")
         _check(1 <= self.embedding_dim <= 65_536, "embedding_dim must be in 1..65536")
         _check(1 <= self.layers <= 16, "layers must be in 1..16")
         _check(1 <= self.units <= 65_536, "units must be in 1..65536")
         _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+
+    def parameter_count(self) -> int:
+        """Numbers in the network's weights, from the config alone (checked before building).
+
+        Embedding V*E; each LSTM layer kernel (in, 4u), recurrent kernel (u, 4u), bias 4u;
+        the logits layer u*V + V.
+        """
+        v, e, u = self.vocab_size, self.embedding_dim, self.units
+        lstm = sum(4 * u * ((e if i == 0 else u) + u + 1) for i in range(self.layers))
+        return v * e + lstm + u * v + v
 
 
 @dataclass(frozen=True)
@@ -71,17 +97,19 @@ class TrainConfig:
     checkpoint_every: int | None = None  # steps between resume states (None: about every 5 minutes)
 
     def validate(self) -> None:
-        _check(self.seq_len >= 1, "seq_len must be at least 1")
-        _check(self.batch_size >= 1, "batch_size must be at least 1")
-        _check(self.learning_rate > 0, "learning_rate must be positive")
-        _check(self.clip_norm > 0, "clip_norm must be positive")
-        _check(self.epochs >= 1, "epochs must be at least 1")
-        _check(self.max_steps is None or self.max_steps >= 1, "max_steps must be at least 1")
+        _check(1 <= self.seq_len <= 1 << 20, "seq_len must be in 1..1048576")
+        _check(1 <= self.batch_size <= 1 << 20, "batch_size must be in 1..1048576")
+        _check(0 < self.learning_rate < math.inf, "learning_rate must be positive and finite")
+        _check(0 < self.clip_norm < math.inf, "clip_norm must be positive and finite")
+        _check(1 <= self.epochs <= MAX_COUNT, f"epochs must be in 1..{MAX_COUNT}")
+        _check(self.max_steps is None or 1 <= self.max_steps <= MAX_COUNT,
+               f"max_steps must be in 1..{MAX_COUNT}")
         _check(self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive")
         _check(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
-        _check(self.patience >= 1, "patience must be at least 1")
-        _check(self.seed >= 0, "seed must be non-negative")
-        _check(self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every must be at least 1")
+        _check(1 <= self.patience <= MAX_COUNT, f"patience must be in 1..{MAX_COUNT}")
+        _check(0 <= self.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED}")
+        _check(self.checkpoint_every is None or 1 <= self.checkpoint_every <= MAX_COUNT,
+               f"checkpoint_every must be in 1..{MAX_COUNT}")
 
 
 @dataclass(frozen=True)
@@ -155,6 +183,37 @@ def option_value(config: Config, key: str) -> Any:
         if key in _field_names(type(section)):
             return getattr(section, key)
     raise ConfigError(f"unknown option {key!r}")
+
+
+def check_memory(config: Config) -> None:
+    """Refuse a model that cannot fit in this machine's memory, before building it.
+
+    Weights, gradients and two Adam moments (4 float32 copies of the parameters) plus
+    one batch of activations: logits and their gradients dominate for big vocabularies.
+    """
+    m, t = config.model, config.train
+    activations = t.batch_size * t.seq_len * (3 * m.vocab_size + 12 * m.units * m.layers)
+    need = 4 * (4 * m.parameter_count() + activations)
+    have = _physical_memory()
+    if have and need > have:
+        raise ConfigError(
+            f"this model needs about {need / 2**30:,.1f} GiB of memory and this machine has "
+            f"{have / 2**30:,.1f} GiB: lower --units, --layers, --batch-size, --seq-len or --vocab-size"
+        )
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX: skip the check
+        return 0
+
+
+def _is_text_encoding(name: str) -> bool:
+    try:
+        return codecs.lookup(name)._is_text_encoding
+    except (LookupError, TypeError, ValueError):
+        return False
 
 
 def _field_names(section: type) -> set[str]:

@@ -29,6 +29,14 @@ class Corpus:
         """A default run name: the first file's stem."""
         return Path(self.sources[0]["file"]).stem
 
+    @property
+    def sha256(self) -> str:
+        """One digest of every file's name and sha256, in reading order: the corpus's identity."""
+        digest = hashlib.sha256()
+        for source in self.sources:
+            digest.update(f"{source['file']}\0{source['sha256']}\n".encode("utf-8", "surrogatepass"))
+        return digest.hexdigest()
+
 
 def resolve_paths(items: list[str]) -> list[Path]:
     """Corpus arguments -> files: a file, a folder of .txt files, or a known corpus name.
@@ -56,10 +64,20 @@ def resolve_paths(items: list[str]) -> list[Path]:
 
 def read_text(path: Path, encoding: str = "utf-8") -> str:
     """Read one text file strictly: refuse binary data, drop a BOM, turn CRLF into LF."""
+    return decode_text(path, _read_bytes(path), encoding)
+
+
+def _read_bytes(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as err:
-        raise TextgenError(f"{path}: cannot read ({err.strerror})") from None
+        raise TextgenError(f"{path}: cannot read ({err.strerror or err})") from None
+    except MemoryError:
+        raise TextgenError(f"{path}: too large to read into memory") from None
+
+
+def decode_text(path: Path, data: bytes, encoding: str = "utf-8") -> str:
+    """The text of a file's bytes (see read_text); `path` only names it in errors."""
     if not data:
         raise TextgenError(f"{path}: file is empty")
     nul = data.find(b"\x00")
@@ -80,12 +98,12 @@ def load_corpus(items: list[str], encoding: str = "utf-8") -> Corpus:
     """Read every file named by `items` (sorted within folders) into one text."""
     parts, sources = [], []
     for path in resolve_paths(items):
-        text = read_text(path, encoding)
+        data = _read_bytes(path)  # read once: decoded and hashed from the same bytes
+        text = decode_text(path, data, encoding)
         if parts and not parts[-1].endswith("\n"):
             parts.append("\n")  # files never run into each other mid-line
         parts.append(text)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        sources.append({"file": path.name, "bytes": path.stat().st_size, "sha256": digest})
+        sources.append({"file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
     return Corpus("".join(parts), sources)
 
 

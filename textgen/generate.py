@@ -18,6 +18,8 @@ from textgen.config import TextgenError
 from textgen.model import build_stateful_model, copy_weights
 from textgen.tokenizer import UNK, decode, encode, unknown_characters
 
+PRIME_CHUNK = 1024  # tokens of the prime read per call
+
 
 class TextGenerator:
     """A trained model ready to generate: `textgen.load(path)` returns one.
@@ -74,8 +76,7 @@ class TextGenerator:
         else:
             yield prime
         streams = sampler.sample_streams(seed, 1)
-        logits, states = self.forward(ids[None, :], self.zero_states(1))  # (1, prime_len, vocab)
-        next_logits = logits[:, -1, :]
+        next_logits, states = self._read(ids)  # (1, vocab)
         for _ in range(length):
             next_logits[:, self._unk_id] = -np.inf  # never invent [UNK]
             token = sampler.sample(next_logits, streams, temperature)  # (1,)
@@ -94,6 +95,17 @@ class TextGenerator:
             seed: the same seed gives the same text; None draws a fresh one.
         """
         return "".join(self.stream(prime, length, temperature, seed))
+
+    def _read(self, ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Feed ids (time,) in chunks carrying state: last logits (1, vocab) and the states.
+
+        Chunking bounds memory for a prime of any length ((1, time, vocab) logits of a
+        100,000-token prime would be gigabytes at word level) and gives the same result.
+        """
+        states = self.zero_states(1)
+        for start in range(0, len(ids), PRIME_CHUNK):
+            logits, states = self.forward(ids[None, start : start + PRIME_CHUNK], states)  # (1, chunk, vocab)
+        return logits[:, -1, :], states
 
     def _start_ids(self) -> np.ndarray:
         """Context for an empty prime: a newline, as if a new paragraph began."""

@@ -50,4 +50,7 @@ def sample(logits: np.ndarray, streams: list[np.random.Generator], temperature: 
     """Next token ids (batch,) from logits (batch, vocab): temperature 0 means greedy."""
     if temperature == 0:
         return greedy(logits)
-    return draw(apply_temperature(logits, temperature), streams)
+    # Shift the largest logit to 0 first: softmax is unchanged, and a tiny temperature
+    # then sends the others to -inf instead of overflowing the largest to +inf (NaN).
+    logits = np.asarray(logits, np.float32)
+    return draw(apply_temperature(logits - logits.max(axis=-1, keepdims=True), temperature), streams)

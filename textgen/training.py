@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from textgen.checkpoint import CONFIG_FILE, load_bundle, load_resume_state
-from textgen.config import Config, TextgenError, TrainConfig, config_from_options, option_value, override
+from textgen.config import (Config, Interrupted, TextgenError, TrainConfig, check_memory, config_from_options,
+                            option_value, override)
 from textgen.data import Corpus, StreamLayout, check_length, load_corpus, make_stream_dataset, split_ids
 from textgen.tokenizer import build_tokenizer, encode
 
@@ -53,6 +56,7 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
     """
     items = [str(i) for i in ([corpus] if isinstance(corpus, (str, Path)) else corpus)]
     name = name or default_name(items)
+    check_name(name)
     bundle_dir, run_dir = Path(checkpoint_dir) / name, Path(log_dir) / name
     state = start = None
     if resume:
@@ -70,8 +74,24 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
             start = load_bundle(init_from)
             config, tokenizer = _fine_tune_config(start.config, options), start.tokenizer
         prepared = prepare(items, val_file, config.replace(name=name), tokenizer)
+    check_memory(prepared.config)
     _claim_run(bundle_dir, run_dir, overwrite and not resume)
-    return fit(prepared, bundle_dir, run_dir, state, start.model if start else None, list(callbacks))
+    try:
+        return fit(prepared, bundle_dir, run_dir, state, start.model if start else None, list(callbacks))
+    except Interrupted as stop:
+        command = ["python", "train.py", *items, "--name", name, "--resume"]
+        for flag, value, default in (("--checkpoint-dir", checkpoint_dir, "checkpoints"),
+                                     ("--log-dir", log_dir, "runs")):
+            if str(value) != default:
+                command += [flag, str(value)]
+        raise Interrupted(f"{stop}; resume with: {shlex.join(command)}", stop.exit_code) from None
+
+
+def check_name(name: str) -> None:
+    """A run name is one folder name: no separators, no '..', nothing a path would reinterpret."""
+    bad = not name or name in (".", "..") or any(c in name for c in "/\\\0") or len(name) > 200
+    if bad or Path(name).is_absolute():
+        raise TextgenError(f"invalid run name {name!r}: use a plain folder name (--name)")
 
 
 def _resumed_config(saved: Config, options: dict[str, Any]) -> Config:
@@ -94,8 +114,8 @@ def _fine_tune_config(base: Config, options: dict[str, Any]) -> Config:
 
 
 def _check_same_corpus(saved: Config, current: Config, name: str) -> None:
-    def digests(config: Config) -> list[str]:
-        return [s["sha256"] for s in config.corpus.get("sources", [])]
+    def digests(config: Config) -> list[str]:  # the combined digest covers files past the listed ones
+        return [config.corpus.get("sha256")] + [s["sha256"] for s in config.corpus.get("sources", [])]
 
     if digests(saved) != digests(current):
         raise TextgenError(
@@ -116,8 +136,18 @@ def _claim_run(bundle_dir: Path, run_dir: Path, overwrite: bool) -> None:
     for folder in (bundle_dir, run_dir):
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            _probe_writable(folder)
         except OSError as err:
-            raise TextgenError(f"{folder}: cannot create folder ({err.strerror})") from None
+            raise TextgenError(f"{folder}: cannot write there ({err.strerror or err})") from None
+
+
+def _probe_writable(folder: Path) -> None:
+    """Create, fsync and delete a file: an unwritable or read-only folder fails now, not at the first save."""
+    probe = folder / f".tmp-{os.getpid()}.probe"
+    with open(probe, "wb") as f:
+        f.write(b"textgen")
+        os.fsync(f.fileno())
+    probe.unlink()
 
 
 def prepare(items: list[str], val_file: str | None, config: Config, tokenizer=None) -> Prepared:
@@ -141,8 +171,13 @@ def prepare(items: list[str], val_file: str | None, config: Config, tokenizer=No
     return Prepared(config, tokenizer, train_ids, val_ids, len(corpus.text) / max(len(ids), 1))
 
 
+MAX_LISTED_SOURCES = 100  # a folder of a million files must not make config.json 100 MB
+
+
 def _provenance(corpus: Corpus, val_file: str | None) -> dict:
-    return {"sources": corpus.sources, "characters": len(corpus.text), "val_file": val_file}
+    return {"sources": corpus.sources[:MAX_LISTED_SOURCES], "files": len(corpus.sources),
+            "bytes": sum(s["bytes"] for s in corpus.sources), "sha256": corpus.sha256,
+            "characters": len(corpus.text), "val_file": val_file}
 
 
 def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, init_model=None,
@@ -200,19 +235,24 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, 
         lambda: save_resume_state(bundle_dir, trainer, prepared.tokenizer, cfg, best.progress()),
         t.checkpoint_every,
     )
+    stop = cb.StopOnSignal(bar.write)
     callbacks = [
-        bar, budget, cb.CosineSchedule(budget, t.learning_rate), keras.callbacks.TerminateOnNaN(),
+        bar, stop, budget, cb.CosineSchedule(budget, t.learning_rate), keras.callbacks.TerminateOnNaN(),
         cb.TensorBoardScalars(run_dir, tokens_per_step, prepared.chars_per_token),
         best, resume_writer, cb.SamplePrinter(bar.write, sample, 1.0 / (math.log(2) * prepared.chars_per_token)),
         *(extra_callbacks or []),
     ]
-    history = trainer.fit(
-        make_stream_dataset(prepared.train_ids, layout, first_step=first_step),
-        steps_per_epoch=layout.steps, initial_epoch=best.epoch, epochs=max(t.epochs, best.epoch + 1),
-        validation_data=make_stream_dataset(prepared.val_ids, val_layout, repeat=False),
-        callbacks=callbacks, shuffle=False, verbose=0,  # order matters: state is carried across batches
-    )
+    with stop:  # Ctrl-C/SIGTERM: finish the step; validation, bundle and resume state follow
+        history = trainer.fit(
+            make_stream_dataset(prepared.train_ids, layout, first_step=first_step),
+            steps_per_epoch=layout.steps, initial_epoch=best.epoch, epochs=max(t.epochs, best.epoch + 1),
+            validation_data=make_stream_dataset(prepared.val_ids, val_layout, repeat=False),
+            callbacks=callbacks, shuffle=False, verbose=0,  # order matters: state is carried across batches
+        )
     _check_finite(history, best)
+    if stop.interrupted:
+        raise Interrupted(f"stopped by {stop.signal_name} after step {stop.step:,}; "
+                          f"bundle {best.saved_path or 'not saved'}", stop.exit_code)
     for reason in (budget.reason, "no improvement for --patience validations" if best.stopped_early else ""):
         if reason:
             print(f"Stopped: {reason}.")
@@ -254,8 +294,10 @@ def _announce(prepared: Prepared, layout: StreamLayout, bundle_dir: Path, run_di
 def _check_finite(history, best) -> None:
     losses = history.history.get("loss", [])
     if losses and not math.isfinite(losses[-1]):
-        kept = f"; the last good bundle is kept ({best.saved_path})" if best.saved_path else ""
-        raise TextgenError(f"training stopped: the loss became {losses[-1]}{kept}")
+        kept = (f"the last good bundle is kept ({best.saved_path})" if best.saved_path
+                else "no bundle was saved")
+        raise TextgenError(f"training stopped: the loss became {losses[-1]} (try a lower "
+                           f"--learning-rate or --clip-norm); {kept}")
 
 
 def _summarize(best, chars_per_token: float, bundle_dir: Path) -> None:
