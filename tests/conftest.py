@@ -64,3 +64,43 @@ def shakespeare_mirror(monkeypatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("TEXTGEN_CORPUS_MIRROR", str(SHARED_CORPORA))
     monkeypatch.setenv("TEXTGEN_CACHE_DIR", str(tmp_path / "cache"))
     return SHARED_CORPORA
+
+
+class Child:
+    """`python -m textgen ARGS` in its own process group, for tests where a real process is the point.
+
+    Use as a context manager: on the way out (a failed assertion included) the whole
+    group is killed, so no training process outlives its test.
+    """
+
+    def __init__(self, *args, env: dict | None = None, cwd: Path | None = None):
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "textgen", *map(str, args)], cwd=cwd,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **(env or {})},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+
+    def __enter__(self) -> "Child":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def wait_for_line(self, text: str) -> str:
+        """Read stdout until a line containing `text` (the child's "ready" line)."""
+        for line in self.proc.stdout:
+            if text in line:
+                return line
+        raise AssertionError(f"child ended without printing {text!r}: {self.proc.stderr.read()[-2000:]}")
+
+    def finish(self, timeout: float = 240) -> tuple[int, str, str]:
+        """Wait for the exit; return (exit code, rest of stdout, stderr)."""
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, err

@@ -60,3 +60,152 @@ def test_config_disagreeing_with_weights_is_refused(bundle_copy):
     path.write_text(json.dumps(document))
     with pytest.raises(BundleError, match="weights do not fit"):
         load_bundle(bundle_copy)
+
+
+def _rewrite(bundle, edit_config=None, **replace_files):
+    """Edit a bundle's files, then update config.json's hashes so only the edit is wrong."""
+    from textgen.checkpoint import sha256_file
+
+    for name, data in replace_files.items():
+        (bundle / name.replace("_", ".", 1).replace("_", ".")).write_bytes(data)
+    path = bundle / "config.json"
+    document = json.loads(path.read_text())
+    if edit_config:
+        edit_config(document)
+    for name in ("model.weights.h5", "tokenizer.json"):
+        document["files"][name] = sha256_file(bundle / name)
+    path.write_text(json.dumps(document))
+
+
+def test_truncated_weights_are_refused_even_with_a_matching_hash(bundle_copy):
+    data = (bundle_copy / "model.weights.h5").read_bytes()
+    _rewrite(bundle_copy, model_weights_h5=data[: len(data) // 2])
+    with pytest.raises(BundleError, match="not a readable weights file"):
+        load_bundle(bundle_copy)
+
+
+def test_weights_for_fewer_layers_are_refused_not_half_loaded(bundle_copy):
+    # Keras alone would load a 2-layer file into a 1-layer model without a word.
+    _rewrite(bundle_copy, lambda d: d["config"]["model"].update(layers=1))
+    with pytest.raises(BundleError, match="weights do not fit config"):
+        load_bundle(bundle_copy)
+
+
+def test_weights_with_an_extra_variable_are_refused(bundle_copy):
+    import h5py
+
+    with h5py.File(bundle_copy / "model.weights.h5", "a") as f:
+        f["layers/lambda/vars/0"] = np.zeros(0, np.float32)  # same number count, one more name
+    _rewrite(bundle_copy)
+    with pytest.raises(BundleError, match="layers/lambda"):
+        load_bundle(bundle_copy)
+
+
+def test_weights_linking_to_another_file_are_refused(bundle_copy, tmp_path):
+    import h5py
+
+    with h5py.File(bundle_copy / "model.weights.h5", "a") as f:
+        f["layers/extra"] = h5py.ExternalLink(str(tmp_path / "elsewhere.h5"), "/data")
+    _rewrite(bundle_copy)
+    with pytest.raises(BundleError, match="links to other data"):
+        load_bundle(bundle_copy)
+
+
+def test_non_finite_weights_are_refused(bundle_copy):
+    import h5py
+
+    with h5py.File(bundle_copy / "model.weights.h5", "a") as f:
+        name = next(n for n in ("layers/dense/vars/1", "layers/logits/vars/1") if n in f)
+        f[name][0] = np.nan
+    _rewrite(bundle_copy)
+    with pytest.raises(BundleError, match="NaN or infinite"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("edit, pattern", [
+    (lambda d: d["config"]["model"].update(layer_type="GRU"), "model.layer_type"),
+    (lambda d: d["config"].update(layer={"class_name": "Lambda"}), "unknown config key 'layer'"),
+    (lambda d: d.update(custom_objects={}), "unknown keys"),
+    (lambda d: d.update(format_version=2), "format_version 2"),
+    (lambda d: d["config"]["model"].update(units=10**9), "units"),
+    (lambda d: d["config"]["model"].update(units=True), "wrong type"),
+    (lambda d: d["config"]["model"].update(dropout=float("nan")), "dropout"),
+    (lambda d: d.update(state=[1, 2]), "state"),
+])
+def test_tampered_config_is_refused(bundle_copy, edit, pattern):
+    _rewrite(bundle_copy, edit)
+    with pytest.raises(BundleError, match=pattern):
+        load_bundle(bundle_copy)
+
+
+def test_tokenizer_disagreeing_with_vocab_size_is_refused(bundle_copy):
+    from textgen.tokenizer import build_tokenizer
+
+    other = build_tokenizer(["abc"], "char")
+    other.save(str(bundle_copy / "tokenizer.json"))
+    _rewrite(bundle_copy)
+    with pytest.raises(BundleError, match="tokenizer has 4 tokens but config says"):
+        load_bundle(bundle_copy)
+
+
+def test_deeply_nested_or_huge_config_json_is_refused(bundle_copy):
+    (bundle_copy / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(BundleError, match="unreadable"):
+        load_bundle(bundle_copy)
+    (bundle_copy / "config.json").write_text(" " * (2 << 20))
+    with pytest.raises(BundleError, match="too large"):
+        load_bundle(bundle_copy)
+
+
+POINTS = ["files-written", "previous-kept", "weights-renamed", "tokenizer-renamed", "config-renamed"]
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_full_disk_at_any_point_of_a_save_keeps_the_previous_bundle(bundle_copy, monkeypatch, point):
+    from textgen.checkpoint import save_bundle
+
+    before = load_bundle(bundle_copy)
+    changed = [w + 1.0 for w in before.model.get_weights()]
+    before.model.set_weights(changed)
+    monkeypatch.setenv("TEXTGEN_FAIL_AT", point)
+    if point == "config-renamed":  # the new bundle is complete by then: the save stands
+        save_bundle(bundle_copy, before.model, before.tokenizer, before.config, {"step": 99})
+    else:
+        with pytest.raises(BundleError, match="could not save the bundle.*previous bundle is kept"):
+            save_bundle(bundle_copy, before.model, before.tokenizer, before.config, {"step": 99})
+    after = load_bundle(bundle_copy)
+    expected_step = 99 if point == "config-renamed" else before.state["step"]
+    assert after.state["step"] == expected_step
+    ids = np.arange(10, dtype=np.int32)[None, :] % before.config.model.vocab_size
+    reference = before.model if point == "config-renamed" else load_bundle_weights_of(before)
+    np.testing.assert_allclose(np.asarray(after.model(ids)), np.asarray(reference(ids)), atol=1e-6)
+    assert not list(bundle_copy.glob(".tmp-*"))
+
+
+def load_bundle_weights_of(bundle):
+    """A model with the weights `bundle` had before they were changed in the test."""
+    from textgen.model import build_model
+
+    model = build_model(bundle.config.model)
+    model.set_weights([w - 1.0 for w in bundle.model.get_weights()])
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_kill_during_a_save_leaves_the_previous_bundle_loadable(tmp_path):
+    from tests.conftest import TINY, Child, make_text
+    from textgen.checkpoint import sha256_file
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(), encoding="utf-8")  # 41 steps per epoch: a save after each
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    with Child("train", corpus, "--checkpoint-dir", tmp_path / "ck", "--log-dir", tmp_path / "runs",
+               "--max-steps", 200, *flags, env={"TEXTGEN_CRASH_AT": "weights-renamed:2"}) as child:
+        code, _, err = child.finish()
+    assert code == 137, err[-2000:]  # died inside the second save, like kill -9
+    bundle_dir = tmp_path / "ck" / "c"
+    document = json.loads((bundle_dir / "config.json").read_text())
+    assert sha256_file(bundle_dir / "model.weights.h5") != document["files"]["model.weights.h5"]  # torn
+    bundle = load_bundle(bundle_dir)  # ...yet the first save's bundle loads whole
+    assert bundle.state == document["state"] and bundle.state["epoch"] == 1

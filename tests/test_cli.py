@@ -98,3 +98,70 @@ def test_real_process_hides_tensorflow_logs_and_prints_one_line(tmp_path):
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"textgen: error: {tmp_path}: not a textgen bundle (no config.json)"]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+TRAIN_FLAGS = ["--level", "--vocab-size", "--encoding", "--layers", "--units", "--embedding-dim",
+               "--dropout", "--seq-len", "--batch-size", "--learning-rate", "--clip-norm", "--epochs",
+               "--max-steps", "--max-minutes", "--val-fraction", "--patience", "--seed", "--name"]
+VALUES = st.one_of(st.text(max_size=12), st.integers(-2**70, 2**70).map(str),
+                   st.sampled_from(["nan", "inf", "-inf", "1e309", "0", "-0", "1e-320", "0x10", "1_0"]))
+
+
+@settings(deadline=None, derandomize=True, max_examples=150)
+@given(st.lists(st.tuples(st.sampled_from(TRAIN_FLAGS), VALUES), max_size=4))
+def test_any_train_flag_values_give_exit_2_and_one_line(tmp_path_factory, flags):
+    """Arbitrary values never reach a traceback: each is refused, or the missing corpus is."""
+    import contextlib
+    import io
+
+    argv = ["train", "no-such-corpus.txt", "--checkpoint-dir", str(tmp_path_factory.getbasetemp() / "h")]
+    for flag, value in flags:
+        argv.append(f"{flag}={value}")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "error" in lines[0], (argv, err.getvalue())
+
+
+@settings(deadline=None, derandomize=True, max_examples=60)
+@given(st.text(max_size=40), st.one_of(st.integers(-5, 2**40), st.none()),
+       st.sampled_from(["0", "1e-45", "1e-300", "0.7", "1e300", "nan", "-1"]))
+def test_generate_never_tracebacks_on_any_prime_seed_or_temperature(tiny_bundle, prime, seed, temp):
+    import contextlib
+    import io
+
+    argv = ["generate", str(tiny_bundle), "--prime", prime, "--length", "3", "--temperature", temp]
+    argv += [] if seed is None else ["--seed", str(seed)]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    assert code in (0, 2), err.getvalue()
+    if code == 0:
+        assert out.getvalue().startswith(prime) and "[UNK]" not in out.getvalue()[len(prime):]
+    else:
+        assert len([line for line in err.getvalue().splitlines() if line.strip()]) == 1, err.getvalue()
+
+
+def test_corpus_with_bom_crlf_and_mixed_scripts_trains_and_generates(tmp_path, capsys):
+    text = make_text(120).replace("cat", "кот").replace("dog", "犬").replace("mat", "حصير")
+    corpus = tmp_path / "mixed.txt"
+    corpus.write_bytes("\ufeff".encode() + text.replace("\n", "\r\n").encode("utf-8"))
+    code, out, _ = run(capsys, "train", corpus, "--checkpoint-dir", tmp_path / "ck", "--log-dir",
+                       tmp_path / "runs", "--max-steps", 5, *TINY_FLAGS)
+    assert code == 0, out
+    from textgen.checkpoint import load_bundle
+
+    vocab = load_bundle(tmp_path / "ck" / "mixed").tokenizer.get_vocab()
+    assert "\r" not in vocab and "\ufeff" not in vocab and {"к", "犬", "ح"} <= set(vocab)
+    code, out, _ = run(capsys, "generate", tmp_path / "ck" / "mixed", "--prime", "犬 кот حصير", "--length", 5)
+    assert code == 0 and out.startswith("犬 кот حصير")
+
+
+def test_a_prime_far_longer_than_any_training_sequence_works(tiny_generator):
+    prime = make_text(400)[:30_000]  # ~2,000x the training seq_len, read in chunks
+    text = tiny_generator.generate(prime=prime, length=5, temperature=0, seed=0)
+    assert text.startswith(prime) and len(text) == len(prime) + 5

@@ -104,3 +104,36 @@ def test_resume_refuses_a_different_corpus_or_settings(tiny_bundle):
         textgen.train(str(other), **kwargs)
     with pytest.raises(TextgenError, match="--units 99 differs"):
         textgen.train(str(root / "tiny.txt"), units=99, **kwargs)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_no_broken_bundle(tmp_path, capsys):
+    from textgen.cli import main
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(), encoding="utf-8")
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    code = main(["train", str(corpus), "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir",
+                 str(tmp_path / "runs"), "--max-steps", "30", "--learning-rate", "1e30", *flags])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "the loss became nan" in err and "--learning-rate" in err, err
+    assert not (tmp_path / "ck" / "c" / "config.json").exists()  # NaN weights are never a bundle
+
+
+def test_unwritable_checkpoint_folder_is_refused_before_training(tmp_path, corpus_file):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(TextgenError, match="cannot write there"):
+        textgen.train(str(corpus_file), checkpoint_dir=blocker / "ck", log_dir=tmp_path / "runs", **TINY)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs", "a/b", "..", "nul\0byte"])
+def test_run_names_that_are_not_plain_folder_names_are_refused(tmp_path, corpus_file, name):
+    with pytest.raises(TextgenError, match="invalid run name"):
+        textgen.train(str(corpus_file), name=name, checkpoint_dir=tmp_path / "ck", **TINY)
+
+
+def test_a_model_too_big_for_memory_is_refused_before_it_is_built(tmp_path, corpus_file):
+    with pytest.raises(TextgenError, match="GiB of memory"):
+        textgen.train(str(corpus_file), checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs",
+                      **{**TINY, "units": 65_536, "layers": 16})

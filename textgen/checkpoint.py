@@ -80,6 +80,7 @@ def save_bundle(path: Path, model, tokenizer: Tokenizer, config: Config, state: 
     weights_tmp = path / f".tmp-{os.getpid()}.{WEIGHTS_FILE}"  # Keras insists on the .weights.h5 suffix
     tokenizer_tmp = path / f".tmp-{os.getpid()}.{TOKENIZER_FILE}"
     renamed: list[str] = []
+    files: dict[str, str] = {}
     try:
         model.save_weights(str(weights_tmp))
         tokenizer.save(str(tokenizer_tmp))
@@ -99,12 +100,21 @@ def save_bundle(path: Path, model, tokenizer: Tokenizer, config: Config, state: 
         write_json_atomic(path / CONFIG_FILE, document)
         fault_point("config-renamed")
     except OSError as err:
-        _roll_back(path, renamed, [weights_tmp, tokenizer_tmp])
-        raise BundleError(f"{path}: could not save the bundle ({err.strerror or err}); "
-                          "the previous bundle is kept") from None
+        if not _config_names(path, files):  # failed before config.json took the new files
+            _roll_back(path, renamed, [weights_tmp, tokenizer_tmp])
+            raise BundleError(f"{path}: could not save the bundle ({err.strerror or err}); "
+                              "the previous bundle is kept") from None
     for name in (WEIGHTS_FILE, TOKENIZER_FILE):
         _unlink(path / (PREVIOUS + name))  # config.json now names the new files
     return path
+
+
+def _config_names(path: Path, files: dict[str, str]) -> bool:
+    """Whether the bundle's config.json already vouches for exactly these files."""
+    try:
+        return bool(files) and read_config(path)["files"] == files
+    except BundleError:
+        return False
 
 
 def _keep_previous(path: Path) -> None:
@@ -163,19 +173,23 @@ def _unlink(file: Path) -> None:
 def fault_point(point: str) -> None:
     """Crash (TEXTGEN_CRASH_AT) or fail with ENOSPC (TEXTGEN_FAIL_AT) here, for tests.
 
-    The value is POINT or POINT:N (the N-th time this point is reached in this process).
-    Hand-written because no library injects faults between two renames of our own.
+    The value is POINT or POINT:N: the N-th time this point is reached while the
+    variable holds that value. Hand-written because no library injects faults between
+    two renames of our own.
     """
-    _hits[point] = _hits.get(point, 0) + 1
     for variable in ("TEXTGEN_CRASH_AT", "TEXTGEN_FAIL_AT"):
-        wanted, _, nth = os.environ.get(variable, "").partition(":")
-        if wanted == point and _hits[point] == int(nth or 1):
+        value = os.environ.get(variable, "")
+        wanted, _, nth = value.partition(":")
+        if wanted != point:
+            continue
+        _hits[(variable, value)] = _hits.get((variable, value), 0) + 1
+        if _hits[(variable, value)] == int(nth or 1):
             if variable == "TEXTGEN_CRASH_AT":
                 os._exit(_CRASH_EXIT)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-_hits: dict[str, int] = {}
+_hits: dict[tuple[str, str], int] = {}
 
 
 def load_bundle(path: Path | str) -> Bundle:

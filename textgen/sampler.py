@@ -48,7 +48,7 @@ def draw(logits: np.ndarray, streams: list[np.random.Generator]) -> np.ndarray:
 
 def sample(logits: np.ndarray, streams: list[np.random.Generator], temperature: float = 1.0) -> np.ndarray:
     """Next token ids (batch,) from logits (batch, vocab): temperature 0 means greedy."""
-    if temperature == 0:
+    if np.float32(temperature) == 0:  # 0, or below float32's range (1e-300): greedy
         return greedy(logits)
     # Shift the largest logit to 0 first: softmax is unchanged, and a tiny temperature
     # then sends the others to -inf instead of overflowing the largest to +inf (NaN).
