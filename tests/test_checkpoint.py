@@ -209,3 +209,11 @@ def test_kill_during_a_save_leaves_the_previous_bundle_loadable(tmp_path):
     assert sha256_file(bundle_dir / "model.weights.h5") != document["files"]["model.weights.h5"]  # torn
     bundle = load_bundle(bundle_dir)  # ...yet the first save's bundle loads whole
     assert bundle.state == document["state"] and bundle.state["epoch"] == 1
+
+
+def test_resume_state_survives_a_crash_between_its_two_renames(bundle_copy):
+    from textgen.checkpoint import load_resume_state
+
+    expected = load_resume_state(bundle_copy).progress
+    (bundle_copy / "resume").rename(bundle_copy / ".resume-old")  # where a crash mid-swap leaves it
+    assert load_resume_state(bundle_copy).progress == expected

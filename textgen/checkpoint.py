@@ -406,41 +406,53 @@ class ResumeState:
 def save_resume_state(bundle_dir: Path, trainer, tokenizer: Tokenizer, config: Config,
                       progress: dict) -> Path:
     """Write the trainer's variables (weights, carried states, dropout seeds) and the
-    optimizer's (moments, iteration) in creation order, atomically, state.json last."""
+    optimizer's (moments, iteration) in creation order, crash-consistently.
+
+    The new state is written whole into `.resume-new/`, then swapped in with two
+    renames (`resume` -> `.resume-old`, `.resume-new` -> `resume`); a crash between
+    them leaves `.resume-old`, which loading falls back to.
+    """
     import numpy as np
 
-    folder = Path(bundle_dir) / RESUME_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    bundle_dir = Path(bundle_dir)
+    new, current, old = (bundle_dir / n for n in (".resume-new", RESUME_DIR, ".resume-old"))
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(parents=True)
     arrays = {f"model/{i:04d}": v.numpy() for i, v in enumerate(trainer.state_variables())}
     arrays |= {f"optimizer/{i:04d}": v.numpy() for i, v in enumerate(trainer.optimizer.variables)}
-    arrays_tmp = folder / f".tmp-{os.getpid()}.{ARRAYS_FILE}"
-    with open(arrays_tmp, "wb") as f:
+    with open(new / ARRAYS_FILE, "wb") as f:
         np.savez(f, **arrays)
-    tokenizer_tmp = folder / f".tmp-{os.getpid()}.{TOKENIZER_FILE}"
-    tokenizer.save(str(tokenizer_tmp))
-    files = {ARRAYS_FILE: sha256_file(arrays_tmp), TOKENIZER_FILE: sha256_file(tokenizer_tmp)}
-    _commit(arrays_tmp, folder / ARRAYS_FILE)
-    _commit(tokenizer_tmp, folder / TOKENIZER_FILE)
+    tokenizer.save(str(new / TOKENIZER_FILE))
+    for name in (ARRAYS_FILE, TOKENIZER_FILE):
+        _fsync(new / name)
+    files = {name: sha256_file(new / name) for name in (ARRAYS_FILE, TOKENIZER_FILE)}
     document = {"format_version": FORMAT_VERSION, "versions": _versions(), "config": config.to_dict(),
                 "state": progress, "files": files}
-    write_json_atomic(folder / STATE_FILE, document)
-    return folder
+    write_json_atomic(new / STATE_FILE, document)
+    if current.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(current, old)
+        fault_point("resume-swapped")
+    os.replace(new, current)
+    shutil.rmtree(old, ignore_errors=True)
+    return current
 
 
 def load_resume_state(bundle_dir: Path) -> ResumeState:
-    """Read and verify NAME/resume/; no pickle (np.load with allow_pickle=False)."""
+    """Read and verify NAME/resume/ (or the previous state a crash left); no pickle."""
     import numpy as np
 
-    folder = Path(bundle_dir) / RESUME_DIR
-    if not (folder / STATE_FILE).is_file():
-        raise BundleError(f"{bundle_dir}: no resume state to continue from ({folder / STATE_FILE} is missing)")
+    bundle_dir = Path(bundle_dir)
+    folder = next((bundle_dir / n for n in (RESUME_DIR, ".resume-old") if (bundle_dir / n / STATE_FILE).is_file()), None)
+    if folder is None:
+        raise BundleError(f"{bundle_dir}: no resume state to continue from ({bundle_dir / RESUME_DIR} is missing)")
     document = read_config(folder, STATE_FILE)
     try:
         config = Config.from_dict(document["config"])
     except (ConfigError, TypeError) as err:
         raise BundleError(f"{folder}: invalid {STATE_FILE} ({err})") from None
     _verify_files(folder, document["files"], (ARRAYS_FILE, TOKENIZER_FILE))
-    tokenizer = _load_tokenizer(_pick_file(folder, TOKENIZER_FILE, document["files"]), config)
+    tokenizer = _load_tokenizer(folder / TOKENIZER_FILE, config)
     try:
         with np.load(folder / ARRAYS_FILE, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
