@@ -16,7 +16,7 @@ import sys
 from typing import Any, Sequence
 
 from textgen import __version__
-from textgen.config import LEVELS, MAX_SEED, Interrupted, ModelConfig, TextgenError, TokenizerConfig, TrainConfig
+from textgen.config import GENERATE_LENGTH, LEVELS, MAX_SEED, Interrupted, ModelConfig, TextgenError, TokenizerConfig, TrainConfig
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -121,11 +121,30 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 def _add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", metavar="BUNDLE", help="a checkpoint folder, e.g. checkpoints/my_corpus")
-    p.add_argument("--prime", default="", help="text to start from (printed first)")
-    p.add_argument("--length", type=_positive_int, default=200, help="tokens to generate (default: %(default)s)")
-    p.add_argument("--temperature", type=_non_negative_float, default=1.0,
+    g = p.add_argument_group("input")
+    prime = g.add_mutually_exclusive_group()
+    prime.add_argument("--prime", default=None, help="text to start from (printed first)")
+    prime.add_argument("--prime-file", default=None, help="read the prime from this UTF-8 file")
+    prime.add_argument("--interactive", action="store_true",
+                       help="read a prime per line from stdin and answer each with a continuation, until EOF")
+    g = p.add_argument_group("length")
+    g.add_argument("--length", type=_positive_int, default=None,
+                   help=f"tokens to generate (default: {GENERATE_LENGTH}; unlimited when --max-chars is given)")
+    g.add_argument("--max-chars", type=_positive_int, default=None, help="end each sample after this many characters")
+    g.add_argument("--stop", action="append", default=[], metavar="STRING",
+                   help="end a sample where STRING appears (not printed); repeatable")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--temperature", type=_non_negative_float, default=1.0,
                    help="randomness; 0 = always the most likely token (default: %(default)s)")
-    p.add_argument("--seed", type=_seed, default=None, help="same seed, same text")
+    g.add_argument("--top-k", type=_positive_int, default=None, help="sample among the K most likely tokens")
+    g.add_argument("--top-p", type=_probability, default=None,
+                   help="sample among the most likely tokens whose probabilities add up to P (nucleus)")
+    g.add_argument("--repetition-penalty", type=_positive_float, default=None,
+                   help="> 1 discourages tokens seen in the last 64 (CTRL's penalty); 1 = off")
+    g.add_argument("--seed", type=_seed, default=None, help="same seed, same text")
+    g = p.add_argument_group("output")
+    g.add_argument("--num-samples", type=_positive_int, default=1, help="samples generated as one batch (default: 1)")
+    g.add_argument("--json", action="store_true", help="print a JSON list of the samples")
     p.set_defaults(run=_run_generate)
 
 
@@ -147,6 +166,20 @@ def _seed(text: str) -> int:
     value = int(text)
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
     return value
 
 
@@ -173,8 +206,40 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_generate(args: argparse.Namespace) -> int:
     from textgen.generate import load
 
+    prime = _read_prime(args)  # bad prime files fail before the model loads
     generator = load(args.bundle)
-    pieces = generator.stream(args.prime, args.length, args.temperature, args.seed)
+    options = dict(length=args.length, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed,
+                   max_chars=args.max_chars)
+    if options["length"] is None and args.max_chars is None:
+        options["length"] = GENERATE_LENGTH
+    if args.interactive:
+        return _interactive(generator, options)
+    if args.num_samples == 1 and not args.json:
+        _write_stream(generator.stream(prime, **options))
+        return 0
+    samples = generator.sample(prime, num_samples=args.num_samples, **options)
+    if args.json:
+        print(json.dumps(samples, ensure_ascii=False))
+    else:
+        for i, text in enumerate(samples, 1):
+            print(f"=== sample {i} of {len(samples)} ===")
+            print(text)
+    return 0
+
+
+def _read_prime(args: argparse.Namespace) -> str:
+    if args.prime_file is None:
+        return args.prime or ""
+    from pathlib import Path
+
+    from textgen.data import read_text
+
+    return read_text(Path(args.prime_file), "utf-8")
+
+
+def _write_stream(pieces) -> None:
+    """Write pieces as they come; Ctrl-C keeps what was printed, ending on a clean line."""
     wrote = False
     try:
         for piece in pieces:
@@ -182,9 +247,29 @@ def _run_generate(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             wrote = True
     finally:
-        if wrote:  # Ctrl-C keeps what was printed, ending on a clean line
+        if wrote:
             sys.stdout.write("\n")
-    return 0
+            sys.stdout.flush()
+
+
+def _interactive(generator, options: dict) -> int:
+    """Answer each line of stdin (the prime) with a streamed continuation, until EOF.
+
+    A line the model cannot read (unknown characters) gets its one-line error and the
+    session goes on.
+    """
+    prompt = sys.stdin.isatty()
+    while True:
+        if prompt:
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        try:
+            _write_stream(generator.stream(line.rstrip("\r\n"), include_prime=False, **options))
+        except TextgenError as err:
+            print(f"textgen: error: {err}", file=sys.stderr)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

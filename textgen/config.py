@@ -20,6 +20,7 @@ LEVELS = ("char", "word")
 # accept (a 2**32 seed or a 2**64 vocabulary would crash them with a traceback).
 MAX_SEED = 2**32 - 1
 MAX_COUNT = 2**31 - 1
+GENERATE_LENGTH = 200  # tokens generated when no length (and no character cap) is given
 
 
 class TextgenError(Exception):

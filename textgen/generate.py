@@ -21,20 +21,18 @@ import numpy as np
 
 from textgen import sampler
 from textgen.checkpoint import Bundle, load_bundle
-from textgen.config import TextgenError
+from textgen.config import GENERATE_LENGTH, TextgenError
 from textgen.stepper import LSTMStepper
 from textgen.tokenizer import UNK, decode, encode, unknown_characters
 
 PRIME_CHUNK = 1024  # tokens of the prime read per call
-
-DEFAULT_LENGTH = 200
 
 
 @dataclass(frozen=True)
 class Controls:
     """Every decoding control; `check` turns bad values into one-line TextgenErrors."""
 
-    length: int | None = DEFAULT_LENGTH  # tokens to generate; None: until max_chars or a stop
+    length: int | None = GENERATE_LENGTH  # tokens to generate; None: until max_chars or a stop
     temperature: float = 1.0  # 0 = greedy
     top_k: int | None = None  # keep the k most likely tokens
     top_p: float | None = None  # keep the smallest set reaching this probability
@@ -101,7 +99,7 @@ class TextGenerator:
                 raise TextgenError(f"prime text has characters the model's vocabulary lacks: {shown}")
         return encode(self.tokenizer, prime)
 
-    def stream(self, prime: str = "", length: int | None = DEFAULT_LENGTH, temperature: float = 1.0,
+    def stream(self, prime: str = "", length: int | None = GENERATE_LENGTH, temperature: float = 1.0,
                top_k: int | None = None, top_p: float | None = None,
                repetition_penalty: float | None = None, stop=None, seed: int | None = None,
                max_chars: int | None = None, include_prime: bool = True) -> Iterator[str]:
@@ -115,7 +113,7 @@ class TextGenerator:
             if pieces[0]:
                 yield pieces[0]
 
-    def generate(self, prime: str = "", length: int | None = DEFAULT_LENGTH, temperature: float = 1.0,
+    def generate(self, prime: str = "", length: int | None = GENERATE_LENGTH, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  repetition_penalty: float | None = None, stop=None, seed: int | None = None,
                  max_chars: int | None = None) -> str:
@@ -135,7 +133,7 @@ class TextGenerator:
         return "".join(self.stream(prime, length, temperature, top_k, top_p, repetition_penalty,
                                    stop, seed, max_chars))
 
-    def sample(self, prime: str = "", num_samples: int = 8, length: int | None = DEFAULT_LENGTH,
+    def sample(self, prime: str = "", num_samples: int = 8, length: int | None = GENERATE_LENGTH,
                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                repetition_penalty: float | None = None, stop=None, seed: int | None = None,
                max_chars: int | None = None) -> list[str]:

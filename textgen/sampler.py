@@ -109,7 +109,9 @@ def filter_top_p(logits: np.ndarray, p: float) -> np.ndarray:
 def draw(logits: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Sample one token per row from softmax(logits) by inverting its CDF at u (batch,)."""
     cdf = np.cumsum(softmax(logits), axis=-1)  # (batch, vocab)
-    ids = (cdf < u[:, None] * cdf[:, -1:]).sum(axis=-1)
+    # The first token whose cdf exceeds u: `<=` so that tokens of probability 0 (filtered
+    # out, cdf unchanged) are never picked, even at u = 0.
+    ids = (cdf <= u[:, None] * cdf[:, -1:]).sum(axis=-1)
     return np.minimum(ids, logits.shape[-1] - 1).astype(np.int32)
 
 
