@@ -1,5 +1,7 @@
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +80,14 @@ def test_bad_generate_inputs_get_one_line_and_exit_2(tiny_bundle, tmp_path, caps
     assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--prime", "Q@")[::2], "'Q'")
     assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--temperature", "-1")[::2], "temperature")
     assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--length", "0")[::2], "length")
+    assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--top-k", "0")[::2], "--top-k")
+    assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--top-p", "1.5")[::2], "--top-p")
+    assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--repetition-penalty", "0")[::2], "penalty")
+    assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--num-samples", "0")[::2], "--num-samples")
+    assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--prime-file", tmp_path / "nope.txt")[::2],
+                          "nope.txt")
+    assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--prime", "a", "--interactive")[::2],
+                          "not allowed")
     assert_one_line_error(*run(capsys, "train", "x.txt", "--level", "bytes")[::2], "level")
     assert_one_line_error(*run(capsys, "train", "x.txt", "--no-such-flag")[::2], "unrecognized")
 
@@ -165,3 +175,53 @@ def test_a_prime_far_longer_than_any_training_sequence_works(tiny_generator):
     prime = make_text(400)[:30_000]  # ~2,000x the training seq_len, read in chunks
     text = tiny_generator.generate(prime=prime, length=5, temperature=0, seed=0)
     assert text.startswith(prime) and len(text) == len(prime) + 5
+
+
+def test_generate_batch_prints_numbered_samples_or_a_json_list(tiny_bundle, capsys):
+    import textgen
+
+    code, out, _ = run(capsys, "generate", tiny_bundle, "--prime", "The", "--length", 30, "--seed", 4,
+                       "--num-samples", 3, "--json")
+    samples = json.loads(out)
+    assert code == 0 and len(samples) == 3 and all(s.startswith("The") for s in samples)
+    assert samples[0] == textgen.load(tiny_bundle).generate(prime="The", length=30, seed=4)
+    code, out, _ = run(capsys, "generate", tiny_bundle, "--prime", "The", "--length", 30, "--seed", 4,
+                       "--num-samples", 3)
+    assert out == "".join(f"=== sample {i} of 3 ===\n{s}\n" for i, s in enumerate(samples, 1))
+
+
+def test_generate_reads_the_prime_from_a_file_and_honours_stop_and_max_chars(tiny_bundle, tmp_path, capsys):
+    (tmp_path / "prime.txt").write_text("The cat\n", encoding="utf-8")
+    code, free, _ = run(capsys, "generate", tiny_bundle, "--prime-file", tmp_path / "prime.txt",
+                        "--length", 100, "--seed", 1)
+    assert code == 0 and free.startswith("The cat\n")
+    code, capped, _ = run(capsys, "generate", tiny_bundle, "--prime-file", tmp_path / "prime.txt",
+                          "--max-chars", 12, "--seed", 1)
+    assert capped == free[: len("The cat\n") + 12] + "\n"
+    stop = free[len("The cat\n"):][5]
+    code, cut, _ = run(capsys, "generate", tiny_bundle, "--prime", "The cat\n", "--length", 100,
+                       "--seed", 1, "--stop", stop, "--stop", "zzz")
+    assert stop not in cut[len("The cat\n"):] and free.startswith(cut.rstrip("\n"))
+
+
+def test_interactive_mode_answers_each_stdin_line_until_eof(tiny_bundle, capsys, monkeypatch):
+    import textgen
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("The cat\nQ@\nA dog\n"))
+    code, out, err = run(capsys, "generate", tiny_bundle, "--interactive", "--length", 20, "--seed", 3)
+    generator = textgen.load(tiny_bundle)
+    answers = [generator.generate(prime=p, length=20, seed=3)[len(p):] for p in ("The cat", "A dog")]
+    assert code == 0 and out == f"{answers[0]}\n{answers[1]}\n"
+    assert err.count("error") == 1 and "'Q'" in err  # a bad line is reported and the session goes on
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_what_was_printed_and_exits_130(tiny_bundle):
+    proc = subprocess.Popen([sys.executable, "-m", "textgen", "generate", str(tiny_bundle), "--prime", "The",
+                             "--max-chars", "100000000", "--seed", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    head = proc.stdout.read(200)  # generation is under way
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and head.startswith(b"The")
+    assert rest.endswith(b"\n") and err.decode().strip().splitlines() == ["textgen: interrupted"]
