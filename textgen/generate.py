@@ -163,19 +163,21 @@ class TextGenerator:
         recent = _Recent(ids, num_samples, c.penalty_window) if c.repetition_penalty else None
         ends = [sampler.StopText(list(c.stop), c.max_chars) for _ in range(num_samples)]
         text = _PieceDecoder(self.tokenizer, num_samples)
-        step = 0
-        while c.length is None or step < c.length:
-            if self._unk_id is not None:
-                logits[:, self._unk_id] = -np.inf  # never invent [UNK]
-            tokens = sampler.sample(logits, streams.uniform(), c.temperature, c.top_k, c.top_p,
-                                    c.repetition_penalty, recent.ids if recent else None)  # (n,)
-            if recent:
-                recent.add(tokens)
-            yield [end.feed(piece) for end, piece in zip(ends, text.pieces(tokens))]
-            step += 1
-            if all(end.done for end in ends):
-                return
-            logits, states = self._stepper.step(tokens, states)  # (n, vocab)
+        # BLAS stays single-threaded while this generation runs (see textgen.stepper).
+        with self._stepper.single_threaded():
+            step = 0
+            while c.length is None or step < c.length:
+                if self._unk_id is not None:
+                    logits[:, self._unk_id] = -np.inf  # never invent [UNK]
+                tokens = sampler.sample(logits, streams.uniform(), c.temperature, c.top_k, c.top_p,
+                                        c.repetition_penalty, recent.ids if recent else None)  # (n,)
+                if recent:
+                    recent.add(tokens)
+                yield [end.feed(piece) for end, piece in zip(ends, text.pieces(tokens))]
+                step += 1
+                if all(end.done for end in ends):
+                    return
+                logits, states = self._stepper.step(tokens, states)  # (n, vocab)
         yield [end.flush() for end in ends]
 
     def _read(self, ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
