@@ -10,7 +10,7 @@ import pytest
 
 from textgen import __version__
 from textgen.cli import main
-from tests.conftest import TINY, make_text
+from tests.conftest import TINY, Child, make_text
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
@@ -218,11 +218,9 @@ def test_interactive_mode_answers_each_stdin_line_until_eof(tiny_bundle, capsys,
 
 @pytest.mark.slow
 def test_ctrl_c_keeps_what_was_printed_and_exits_130(tiny_bundle):
-    proc = subprocess.Popen([sys.executable, "-m", "textgen", "generate", str(tiny_bundle), "--prime", "The",
-                             "--max-chars", "100000000", "--seed", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-    head = proc.stdout.read(200)  # generation is under way
-    proc.send_signal(signal.SIGINT)
-    rest, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and head.startswith(b"The")
-    assert rest.endswith(b"\n") and err.decode().strip().splitlines() == ["textgen: interrupted"]
+    with Child("generate", tiny_bundle, "--prime", "The", "--max-chars", 10**8, "--seed", 1, cwd=ROOT) as child:
+        head = child.proc.stdout.read(200)  # generation is under way
+        child.proc.send_signal(signal.SIGINT)
+        code, rest, err = child.finish(timeout=60)
+    assert code == 130 and head.startswith("The")
+    assert rest.endswith("\n") and err.strip().splitlines() == ["textgen: interrupted"]

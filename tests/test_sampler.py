@@ -123,3 +123,11 @@ def test_earliest_of_several_stops_wins():
 def test_max_chars_cuts_exactly():
     stop = sampler.StopText(max_chars=5)
     assert feed_all(stop, ["abc", "def", "ghi"]) == ["abc", "de", "", ""]
+
+
+def test_extreme_temperatures_stay_finite():
+    logits = np.array([[1.0, 3.0, -np.inf, 2.0]], np.float32)  # token 2 filtered out
+    for tiny in (1e-45, 1e-300):
+        assert sampler.sample(logits, np.array([0.999]), temperature=tiny).tolist() == [1]
+    picks = {int(sampler.sample(logits, np.array([u]), temperature=1e300)[0]) for u in np.linspace(0, 0.999, 50)}
+    assert picks == {0, 1, 3}  # flat over the allowed tokens, never the filtered one
