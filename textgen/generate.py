@@ -171,8 +171,8 @@ class TextGenerator:
                 if self._unk_id is not None:
                     logits[:, self._unk_id] = -np.inf  # never invent [UNK]
                 tokens = sampler.sample(logits, streams.uniform(), c.temperature, c.top_k, c.top_p,
-                                        c.repetition_penalty, recent.ids if recent else None)  # (n,)
-                if recent:
+                                        c.repetition_penalty, recent.ids if recent is not None else None)  # (n,)
+                if recent is not None:
                     recent.add(tokens)
                 yield [end.feed(piece) for end, piece in zip(ends, text.pieces(tokens))]
                 step += 1
