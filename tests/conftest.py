@@ -25,6 +25,14 @@ def make_text(lines: int = 200) -> str:
     return "\n".join(out) + "\n"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def token_cache_dir(tmp_path_factory) -> Path:
+    """Token caches (and fetched corpora) go to a temporary folder, never the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("textgen_cache")
+    os.environ["TEXTGEN_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def corpus_text() -> str:
     return make_text()

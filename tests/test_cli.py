@@ -62,7 +62,7 @@ def _empty_dir(folder):
 
 @pytest.mark.parametrize("make, pattern", [
     (lambda d: d / "missing.txt", "no such file"),
-    (_empty_dir, "no .txt files"),
+    (_empty_dir, "no files matching"),
     (_file("e.txt", b""), "empty"),
     (_file("b.txt", b"abc\xff\xfedef"), "byte offset 3"),
     (_file("n.txt", b"ab\x00"), "NUL byte"),

@@ -45,7 +45,7 @@ def test_folder_is_read_in_sorted_order_and_needs_txt_files(tmp_path):
     assert [s["file"] for s in corpus.sources] == ["a.txt", "b.txt"]
     empty = tmp_path / "empty_dir"
     empty.mkdir()
-    with pytest.raises(TextgenError, match="no .txt files"):
+    with pytest.raises(TextgenError, match="no files matching"):
         resolve_paths([str(empty)])
 
 

@@ -20,3 +20,20 @@ def test_evaluate_equals_mean_loss_computed_directly(tiny_generator, corpus_text
     assert score.tokens == len(ids) - 1 == score.characters
     assert math.isclose(score.perplexity, math.exp(mean_nats), rel_tol=1e-4)
     assert math.isclose(score.bits_per_char, mean_nats / math.log(2), rel_tol=1e-4)
+
+
+def test_bits_per_char_counts_characters_not_bpe_tokens(tmp_path):
+    import textgen
+    from tests.conftest import TINY, make_text
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(150), encoding="utf-8")
+    bundle = textgen.train(str(corpus), checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs",
+                           max_steps=3, level="bpe", vocab_size=300, **TINY)
+    generator = textgen.load(bundle)
+    text = "Then the cat sat on a mat.\n"
+    first = generator.tokenizer.encode(text).tokens[0]  # "Then": never predicted
+    score = evaluate_texts(generator, [text])
+    assert score.tokens == len(encode(generator.tokenizer, text)) - 1 < score.characters
+    assert score.characters == len(text) - len(first)
+    assert math.isclose(score.bits_per_char, score.nats / score.characters / math.log(2))

@@ -121,3 +121,20 @@ def test_byte_level_tokens_are_decoded_incrementally_without_broken_characters()
     pieces = [decoder.pieces(np.array([i, i])) for i in ids]  # two samples, same ids
     assert "".join(p[0] for p in pieces) == "".join(p[1] for p in pieces) == tokenizer.decode(ids) == text
     assert not any("\ufffd" in p[0] for p in pieces)
+
+
+def test_bpe_model_streams_its_prime_and_never_emits_special_tokens(tmp_path):
+    import textgen
+    from tests.conftest import TINY, make_text
+
+    corpus = tmp_path / "emoji.txt"
+    corpus.write_text(make_text(150).replace("cat", "c😀t漢"), encoding="utf-8")
+    bundle = textgen.train(str(corpus), checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs",
+                           max_steps=5, level="bpe", vocab_size=270, **TINY)
+    generator = textgen.load(bundle)
+    assert generator.config.tokenizer.level == "bpe"
+    assert len(generator.tokenizer.encode("😀").ids) > 1  # the emoji is several byte tokens
+    text = generator.generate(prime="The c😀t", length=80, temperature=1.5, seed=0)
+    assert text.startswith("The c😀t")
+    assert "[DOC]" not in text and "[UNK]" not in text  # never sampled
+    assert "".join(generator.stream(length=30, seed=2)) == generator.generate(length=30, seed=2)

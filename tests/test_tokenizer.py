@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
@@ -46,8 +47,8 @@ def test_word_level_splits_words_punctuation_and_whitespace_runs():
 
 def test_word_vocabulary_cap_maps_rare_words_to_unk():
     text = "a a a a b b b c c d"
-    tok = build_tokenizer([text], "word", vocab_size=4)  # [UNK], a, b, " "
-    assert tok.get_vocab_size() == 4
+    tok = build_tokenizer([text], "word", vocab_size=5)  # [UNK], [DOC], " ", a, b
+    assert tok.get_vocab_size() == 5
     assert decode(tok, encode(tok, text)) == "a a a a b b b [UNK] [UNK] [UNK]"
 
 
@@ -59,3 +60,34 @@ def test_long_word_text_is_encoded_in_chunks_with_identical_ids(monkeypatch):
     monkeypatch.setattr(module, "_CHUNK_CHARS", 37)
     assert len(module._word_chunks(text)) > 10
     assert np.array_equal(encode(tok, text), tok.encode(text).ids)
+
+
+@settings(deadline=None, derandomize=True, max_examples=40)
+@given(st.text(min_size=1, max_size=200))
+def test_bpe_round_trips_any_text(text):
+    tok = build_tokenizer([TRICKY, text], "bpe", vocab_size=300)
+    assert tokenizer_level(tok) == "bpe"
+    assert decode(tok, encode(tok, text)) == text
+
+
+def test_bpe_learns_merges_up_to_the_vocabulary_size():
+    tok = build_tokenizer([TRICKY * 20, "the cat sat on the mat " * 50], "bpe", vocab_size=300)
+    assert tok.get_vocab_size() == 300
+    assert len(tok.encode("the cat sat on the mat").ids) < 10  # far fewer tokens than bytes
+
+
+@pytest.mark.parametrize("level", ["word", "bpe"])
+def test_safe_cuts_leave_word_and_bpe_ids_unchanged(level):
+    from textgen.tokenizer import safe_cut
+
+    text = "one two,  three\n  four\nfive six.\n\n  seven's eight!!  nine" * 20
+    tok = build_tokenizer([text], level, vocab_size=300)
+    pieces, rest = [], text
+    while len(rest) > 50:
+        cut = safe_cut(rest[:50]) or len(rest)
+        pieces.append(rest[:cut])
+        rest = rest[cut:]
+    pieces.append(rest)
+    assert len(pieces) > 10
+    ids = [i for piece in pieces for i in tok.encode(piece).ids]
+    assert ids == tok.encode(text).ids

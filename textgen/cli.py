@@ -86,9 +86,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("corpus", nargs="+", metavar="CORPUS",
                    help="text file(s), a folder of .txt files, or a known corpus name (shakespeare, pydoc)")
+    p.add_argument("--glob", default="*.txt", help="files of a folder to read; '**/*.txt' recurses (default: %(default)s)")
     g = p.add_argument_group("tokens")
     option(g, "--level", "token level", choices=LEVELS)
-    option(g, "--vocab-size", "word vocabulary cap", type=int)
+    option(g, "--vocab-size", "word/bpe vocabulary size", type=int)
     option(g, "--encoding", "corpus encoding")
     g = p.add_argument_group("model")
     option(g, "--layers", "LSTM layers", type=int)
@@ -191,7 +192,7 @@ def _non_negative_float(text: str) -> float:
 
 
 _NOT_OPTIONS = {"corpus", "name", "overwrite", "resume", "init_from", "checkpoint_dir", "log_dir",
-                "val_file", "verbose", "run"}
+                "val_file", "glob", "verbose", "run"}
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -199,7 +200,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
     options = {k: v for k, v in vars(args).items() if k not in _NOT_OPTIONS}
     train(args.corpus, name=args.name, overwrite=args.overwrite, resume=args.resume, init_from=args.init_from,
-          checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir, val_file=args.val_file, **options)
+          checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir, val_file=args.val_file, glob=args.glob,
+          **options)
     return 0
 
 

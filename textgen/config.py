@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FORMAT_VERSION = 1
-LEVELS = ("char", "word")
+LEVELS = ("char", "word", "bpe")
 # Upper bounds keep every value inside what NumPy, tf.data and the tokenizers library
 # accept (a 2**32 seed or a 2**64 vocabulary would crash them with a traceback).
 MAX_SEED = 2**32 - 1
@@ -43,13 +43,15 @@ class ConfigError(TextgenError, ValueError):
 class TokenizerConfig:
     """How text becomes token ids."""
 
-    level: str = "char"  # char: every character is a token; word: words, punctuation, whitespace runs
-    vocab_size: int = 20_000  # cap on the word vocabulary (char level keeps every character seen)
+    level: str = "char"  # char: every character; word: words, punctuation, whitespace runs; bpe: byte-level BPE
+    vocab_size: int = 20_000  # word and bpe vocabulary size (char level keeps every character seen)
     encoding: str = "utf-8"  # how corpus files are decoded
 
     def validate(self) -> None:
         _check(self.level in LEVELS, f"level must be one of {', '.join(LEVELS)}, not {self.level!r}")
         _check(2 <= self.vocab_size <= 10**7, "vocab_size must be in 2..10000000")
+        _check(self.level != "bpe" or self.vocab_size >= 258,
+               "vocab_size must be at least 258 at bpe level (256 bytes and 2 special tokens)")
         _check(_is_text_encoding(self.encoding), f"unknown text encoding {self.encoding!r}")
 
 

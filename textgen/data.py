@@ -32,16 +32,22 @@ class Corpus:
     @property
     def sha256(self) -> str:
         """One digest of every file's name and sha256, in reading order: the corpus's identity."""
-        digest = hashlib.sha256()
-        for source in self.sources:
-            digest.update(f"{source['file']}\0{source['sha256']}\n".encode("utf-8", "surrogatepass"))
-        return digest.hexdigest()
+        return sources_digest(self.sources)
 
 
-def resolve_paths(items: list[str]) -> list[Path]:
-    """Corpus arguments -> files: a file, a folder of .txt files, or a known corpus name.
+def sources_digest(sources: list[dict]) -> str:
+    """One digest of every file's name and sha256, in reading order."""
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(f"{source['file']}\0{source['sha256']}\n".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
 
-    An existing path always wins over a corpus name.
+
+def resolve_paths(items: list[str], glob: str = "*.txt") -> list[Path]:
+    """Corpus arguments -> files: a file, a folder, or a known corpus name.
+
+    A folder contributes its files matching `glob` in sorted order ("**/*.txt" walks it
+    recursively). An existing path always wins over a corpus name.
     """
     from textgen import corpora
 
@@ -49,9 +55,9 @@ def resolve_paths(items: list[str]) -> list[Path]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.glob("*.txt") if p.is_file())
+            found = sorted(p for p in path.glob(glob) if p.is_file())
             if not found:
-                raise TextgenError(f"{item}: directory has no .txt files")
+                raise TextgenError(f"{item}: directory has no files matching {glob!r}")
             paths.extend(found)
         elif path.is_file():
             paths.append(path)

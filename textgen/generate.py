@@ -23,7 +23,7 @@ from textgen import sampler
 from textgen.checkpoint import Bundle, load_bundle
 from textgen.config import GENERATE_LENGTH, TextgenError
 from textgen.stepper import LSTMStepper
-from textgen.tokenizer import UNK, decode, encode, unknown_characters
+from textgen.tokenizer import SPECIAL_TOKENS, decode, encode, unknown_characters
 
 PRIME_CHUNK = 1024  # tokens of the prime read per call
 
@@ -74,7 +74,8 @@ class TextGenerator:
         self.tokenizer = bundle.tokenizer
         self.config = bundle.config
         self.state = bundle.state
-        self._unk_id = self.tokenizer.token_to_id(UNK)
+        # Never invent [UNK] or a [DOC] separator (bundles older than [DOC] lack it).
+        self._banned = [i for i in map(self.tokenizer.token_to_id, SPECIAL_TOKENS) if i is not None]
         self._stepper = LSTMStepper.from_model(self.model)  # a snapshot of the weights
 
     @classmethod
@@ -168,8 +169,7 @@ class TextGenerator:
         with self._stepper.single_threaded():
             step = 0
             while c.length is None or step < c.length:
-                if self._unk_id is not None:
-                    logits[:, self._unk_id] = -np.inf  # never invent [UNK]
+                logits[:, self._banned] = -np.inf
                 tokens = sampler.sample(logits, streams.uniform(), c.temperature, c.top_k, c.top_p,
                                         c.repetition_penalty, recent.ids if recent is not None else None)  # (n,)
                 if recent is not None:
@@ -194,8 +194,8 @@ class TextGenerator:
 
     def _start_ids(self) -> np.ndarray:
         """Context for an empty prime: a newline, as if a new paragraph began."""
-        newline = self.tokenizer.token_to_id("\n")
-        return np.array([newline if newline is not None else 1], np.int32)
+        newline = self.tokenizer.encode("\n").ids  # byte-level BPE spells it "Ċ"
+        return np.array(newline[-1:] or [0], np.int32)
 
 
 class _Recent:

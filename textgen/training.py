@@ -16,8 +16,8 @@ import numpy as np
 from textgen.checkpoint import CONFIG_FILE, load_bundle, load_resume_state
 from textgen.config import (Config, Interrupted, TextgenError, TrainConfig, check_memory, config_from_options,
                             option_value, override)
-from textgen.data import Corpus, StreamLayout, check_length, load_corpus, make_stream_dataset, split_ids
-from textgen.tokenizer import build_tokenizer, encode
+from textgen.corpus_cache import TokenIds, token_ids
+from textgen.data import StreamLayout, check_length, make_stream_dataset, resolve_paths, sources_digest, split_ids
 
 
 @dataclass
@@ -38,7 +38,8 @@ RESUMABLE = {"epochs", "max_steps", "max_minutes", "patience", "checkpoint_every
 def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool = False,
           resume: bool = False, init_from: str | Path | None = None,
           checkpoint_dir: str | Path = "checkpoints", log_dir: str | Path = "runs",
-          val_file: str | None = None, callbacks: list | tuple = (), **options: Any) -> Path:
+          val_file: str | None = None, glob: str = "*.txt", callbacks: list | tuple = (),
+          **options: Any) -> Path:
     """Train a model on `corpus` and return the path of its checkpoint bundle.
 
     Args:
@@ -50,6 +51,7 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
             the budget options in RESUMABLE may change).
         init_from: start from this bundle's weights and tokenizer (fine-tuning on a new corpus).
         val_file: validate on this file instead of holding out the end of the corpus.
+        glob: which files of a corpus folder to read ("**/*.txt": recursively).
         callbacks: extra Keras callbacks for model.fit.
         **options: any field of TokenizerConfig, ModelConfig or TrainConfig, e.g.
             level="word", units=512, max_minutes=5.
@@ -61,7 +63,7 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
     state = start = None
     if resume:
         state = load_resume_state(bundle_dir)
-        prepared = prepare(items, val_file, _resumed_config(state.config, options), state.tokenizer)
+        prepared = prepare(items, val_file, _resumed_config(state.config, options), state.tokenizer, glob)
         _check_same_corpus(state.config, prepared.config, name)
     else:
         if (bundle_dir / CONFIG_FILE).exists() and not overwrite:
@@ -73,7 +75,7 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
         if init_from:
             start = load_bundle(init_from)
             config, tokenizer = _fine_tune_config(start.config, options), start.tokenizer
-        prepared = prepare(items, val_file, config.replace(name=name), tokenizer)
+        prepared = prepare(items, val_file, config.replace(name=name), tokenizer, glob)
     check_memory(prepared.config)
     _claim_run(bundle_dir, run_dir, overwrite and not resume)
     try:
@@ -150,17 +152,17 @@ def _probe_writable(folder: Path) -> None:
     probe.unlink()
 
 
-def prepare(items: list[str], val_file: str | None, config: Config, tokenizer=None) -> Prepared:
-    """Read the corpus, build the tokenizer (unless given), encode, split train/validation."""
-    corpus = load_corpus(items, config.tokenizer.encoding)
-    val_text = load_corpus([val_file], config.tokenizer.encoding).text if val_file else ""
-    tok = config.tokenizer
-    if tokenizer is None:
-        tokenizer = build_tokenizer([corpus.text, val_text], tok.level, tok.vocab_size)
-    ids = encode(tokenizer, corpus.text)
+def prepare(items: list[str], val_file: str | None, config: Config, tokenizer=None,
+            glob: str = "*.txt") -> Prepared:
+    """Token ids of the corpus (built once into the on-disk token cache, then memory-mapped)
+    with a tokenizer built from it (unless given), split into training and validation."""
+    val_paths = resolve_paths([val_file], glob) if val_file else []
+    corpus = token_ids(resolve_paths(items, glob), val_paths, config.tokenizer, tokenizer=tokenizer)
+    tokenizer, ids = corpus.tokenizer, corpus.train
+    print(f"Token cache: {corpus.folder} ({'reused' if corpus.reused else 'built'})")
     seq_len = config.train.seq_len
     if val_file:
-        train_ids, val_ids = ids, encode(tokenizer, val_text)
+        train_ids, val_ids = ids, corpus.val
         check_length(train_ids, seq_len, "corpus")
         if len(val_ids) < 2:
             raise TextgenError(f"{val_file}: validation text needs at least two tokens")
@@ -168,16 +170,16 @@ def prepare(items: list[str], val_file: str | None, config: Config, tokenizer=No
         train_ids, val_ids = split_ids(ids, config.train.val_fraction, seq_len)
     model_cfg = dataclasses.replace(config.model, vocab_size=tokenizer.get_vocab_size())
     config = config.replace(model=model_cfg, corpus=_provenance(corpus, val_file)).validate()
-    return Prepared(config, tokenizer, train_ids, val_ids, len(corpus.text) / max(len(ids), 1))
+    return Prepared(config, tokenizer, train_ids, val_ids, corpus.characters / max(len(ids), 1))
 
 
 MAX_LISTED_SOURCES = 100  # a folder of a million files must not make config.json 100 MB
 
 
-def _provenance(corpus: Corpus, val_file: str | None) -> dict:
+def _provenance(corpus: TokenIds, val_file: str | None) -> dict:
     return {"sources": corpus.sources[:MAX_LISTED_SOURCES], "files": len(corpus.sources),
-            "bytes": sum(s["bytes"] for s in corpus.sources), "sha256": corpus.sha256,
-            "characters": len(corpus.text), "val_file": val_file}
+            "bytes": sum(s["bytes"] for s in corpus.sources), "sha256": sources_digest(corpus.sources),
+            "characters": corpus.characters, "val_file": val_file}
 
 
 def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, init_model=None,
