@@ -144,7 +144,7 @@ def test_tokenizer_disagreeing_with_vocab_size_is_refused(bundle_copy):
     other = build_tokenizer(["abc"], "char")
     other.save(str(bundle_copy / "tokenizer.json"))
     _rewrite(bundle_copy)
-    with pytest.raises(BundleError, match="tokenizer has 4 tokens but config says"):
+    with pytest.raises(BundleError, match="tokenizer has 5 tokens but config says"):  # [UNK], [DOC], a, b, c
         load_bundle(bundle_copy)
 
 
