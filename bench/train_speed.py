@@ -14,6 +14,10 @@ Run by hand (needs `pip install torch==2.13.0`):
 
     python bench/train_speed.py --size both --layer both --rounds 3 --seconds 8
 
+On a machine shared with other work, wall-clock ratios mostly measure the
+other work (PyTorch's OpenMP threads suffer most from oversubscription);
+`--threads 1 --clock cpu` compares per-core efficiency robustly instead.
+
 Writes bench/results/train_speed-<size>.json.
 """
 
@@ -27,8 +31,6 @@ import time
 
 # Must be set before TensorFlow is imported to silence its C++ logging.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import numpy as np
 
 SIZES = {"S": (2, 256), "M": (3, 512)}  # name -> (layers, units)
 BATCH, SEQ_LEN, VOCAB, EMBED = 64, 128, 65, 128
@@ -53,6 +55,8 @@ def train_flops_per_token(layers, units, embed=EMBED, vocab=VOCAB):
 
 def matmul_peak_gflops(n=2048, repeats=5):
     """Best float32 numpy matmul rate at n^3, our practical 'peak' on this CPU."""
+    import numpy as np
+
     a = np.random.rand(n, n).astype(np.float32)
     b = np.random.rand(n, n).astype(np.float32)
     a @ b  # warm up the BLAS thread pool
@@ -70,10 +74,13 @@ def cpu_model():
         return platform.processor() or "unknown"
 
 
+CLOCK = time.perf_counter  # main() switches to process CPU time for --clock cpu
+
+
 def _timed(fn):
-    start = time.perf_counter()
+    start = CLOCK()
     fn()
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 # ----------------------------------------------------------------------------
@@ -82,6 +89,8 @@ def _timed(fn):
 
 def synthetic_batch():
     """A fixed random (inputs, next-char targets) batch of token ids."""
+    import numpy as np
+
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, VOCAB, size=(BATCH, SEQ_LEN + 1))
     return tokens[:, :-1], tokens[:, 1:]
@@ -147,11 +156,11 @@ def torch_trainer(layers, units):
 
 def tokens_per_second(step, seconds, min_steps=2):
     """Run `step` for about `seconds` (at least `min_steps` times); return tok/s."""
-    steps, start = 0, time.perf_counter()
-    while steps < min_steps or time.perf_counter() - start < seconds:
+    steps, start = 0, CLOCK()
+    while steps < min_steps or CLOCK() - start < seconds:
         step()
         steps += 1
-    return steps * BATCH * SEQ_LEN / (time.perf_counter() - start)
+    return steps * BATCH * SEQ_LEN / (CLOCK() - start)
 
 
 def bench_size(size, layer_kinds, rounds, seconds, jit, peak):
@@ -193,11 +202,32 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0, help="per framework per round")
     parser.add_argument("--jit", action="store_true", help="compile the Keras train step with XLA")
+    parser.add_argument("--threads", type=int, default=0, help="threads per framework (0: their defaults)")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: time by process CPU time; with --threads 1 this is robust to other load on the machine",
+    )
     args = parser.parse_args()
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu only measures throughput with --threads 1")
+
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.threads:
+        # BLAS/OpenMP pools read these when first loaded, so set them first.
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
 
     import keras
     import tensorflow as tf
     import torch
+
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+        torch.set_num_threads(args.threads)
 
     # Other work on the machine skews the comparison (PyTorch's OpenMP
     # threads suffer most from oversubscription), so record the load.
@@ -220,7 +250,12 @@ def main():
             cpu_count=os.cpu_count(),
             matmul_peak_gflops=peak,
             versions={"tensorflow": tf.__version__, "keras": keras.__version__, "torch": torch.__version__},
-            threads={"torch": torch.get_num_threads(), "env": {k: v for k, v in os.environ.items() if "THREAD" in k}},
+            threads={
+                "torch": torch.get_num_threads(),
+                "tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                "tf_inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+                "env": {k: v for k, v in os.environ.items() if "THREAD" in k},
+            },
             load_average_before=load_before,
             load_average_after=os.getloadavg(),
             args=vars(args),
