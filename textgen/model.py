@@ -14,12 +14,15 @@ from __future__ import annotations
 import keras
 
 from textgen.config import ModelConfig
+from textgen.fast_lstm import FastLSTM
 
 
 def _lstm(units: int, name: str, *, return_state: bool) -> keras.layers.LSTM:
-    # These arguments stay inside the cuDNN fast-path conditions (tanh/sigmoid activations,
-    # recurrent_dropout=0, unroll=False, use_bias=True), so on a GPU Keras runs cuDNN.
-    return keras.layers.LSTM(
+    # FastLSTM is keras.layers.LSTM with a faster CPU training path and the same weights;
+    # on a GPU it defers to Keras, and these arguments stay inside the cuDNN fast-path
+    # conditions (tanh/sigmoid activations, recurrent_dropout=0, unroll=False,
+    # use_bias=True), so a GPU runs cuDNN.
+    return FastLSTM(
         units, return_sequences=True, return_state=return_state, name=name,
         activation="tanh", recurrent_activation="sigmoid",
         recurrent_dropout=0.0, unroll=False, use_bias=True,
