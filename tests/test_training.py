@@ -113,7 +113,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_no_broken_bundle(tmp_path
     corpus.write_text(make_text(), encoding="utf-8")
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     code = main(["train", str(corpus), "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir",
-                 str(tmp_path / "runs"), "--max-steps", "30", "--learning-rate", "1e30", *flags])
+                 str(tmp_path / "runs"), "--max-steps", "30", "--learning-rate", "3e38", *flags])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "the loss became nan" in err and "--learning-rate" in err, err
     assert not (tmp_path / "ck" / "c" / "config.json").exists()  # NaN weights are never a bundle
