@@ -77,8 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (BenchError), not usage text plus error."""
+
+    def error(self, message: str):
+        raise BenchError(message)
+
+
 def _parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/quality.py", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="bench/quality.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", default="1 3 5 10 15",
                    help="wall budgets, one run per system each (default: %(default)s)")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated (default: %(default)s)")
@@ -89,10 +96,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed for every system (default: %(default)s)")
     p.add_argument("--workdir", default=None,
                    help="keep data, bundles, logs and per-run output here (default: a temporary folder, removed)")
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as exit_:
-        raise SystemExit(2 if exit_.code else 0) from None
+    args = p.parse_args(argv)
     args.minutes = _budgets(args.minutes)
     args.systems = _systems(args.systems)
     args.textgen_args = shlex.split(args.textgen_args)

@@ -38,6 +38,7 @@ def test_split_is_nanogpts_on_tiny_shakespeare(quality, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--minutes", "five"], "--minutes takes numbers"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
     (["--minutes", "0"], "--minutes needs positive budgets"),
     (["--systems", "textgen,gpt"], "--systems: unknown ['gpt']"),
     (["--corpus", "/no/such/corpus.txt", "--systems", "keras-classic"], "cannot read"),
