@@ -137,12 +137,15 @@ def run_benchmark(args: argparse.Namespace) -> int:
         for minutes in args.minutes:
             for system in args.systems:
                 print(f"== {system}, {minutes:g} min ...", flush=True)
+                # Other processes' load skews every number here; record it to judge a run by.
+                load = {"load_avg_before": _load_average()}
                 try:
                     row = RUNNERS[system](minutes, train_file, val_file, work, args)
                 except BenchError as err:  # one run failing keeps the others' results
                     row, failures = {"error": str(err)}, failures + 1
                     print(f"   failed: {err}", file=sys.stderr)
-                report["runs"].append({"system": system, "minutes": minutes, **row})
+                load["load_avg_after"] = _load_average()
+                report["runs"].append({"system": system, "minutes": minutes, **row, **load})
                 print("   " + _row_line(report["runs"][-1]), flush=True)
                 _write_json(out, report)
         print()
@@ -460,6 +463,14 @@ def _new_report(args: argparse.Namespace, split: dict) -> dict:
         "command": shlex.join(["python", "bench/quality.py", *sys.argv[1:]]),
         "runs": [],
     }
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def cpu_model() -> str:
