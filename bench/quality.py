@@ -143,7 +143,6 @@ def run_benchmark(args: argparse.Namespace) -> int:
                     row = RUNNERS[system](minutes, train_file, val_file, work, args)
                 except BenchError as err:  # one run failing keeps the others' results
                     row, failures = {"error": str(err)}, failures + 1
-                    print(f"   failed: {err}", file=sys.stderr)
                 load["load_avg_after"] = _load_average()
                 report["runs"].append({"system": system, "minutes": minutes, **row, **load})
                 print("   " + _row_line(report["runs"][-1]), flush=True)
@@ -242,19 +241,18 @@ RUNNERS = {"textgen": run_textgen, "keras-classic": run_anchor("keras-classic"),
 
 
 def _run(cmd: list[str], log: Path, threads: int | None) -> str:
-    """Run a command to completion, its stderr in `log`; return its stdout, or raise
-    BenchError with the last lines of the log."""
+    """Run a command to completion, its output kept in `log`; return its stdout, or raise
+    BenchError with the last lines of its stderr."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": _pythonpath()}
     if threads:
         # Thread pools are fixed when each framework starts, so they are set by environment.
         env |= {"TF_NUM_INTRAOP_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    with open(log, "w", encoding="utf-8") as err:
-        done = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
-    with open(log, "a", encoding="utf-8") as err:
-        err.write("\n--- stdout ---\n" + done.stdout)
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, errors="replace")
+    log.write_text(f"$ {shlex.join(cmd)}\n--- stdout ---\n{done.stdout}\n--- stderr ---\n{done.stderr}",
+                   encoding="utf-8")
     if done.returncode != 0:
-        tail = " | ".join(log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:])
-        raise BenchError(f"{Path(cmd[1]).name} exited {done.returncode}: {tail}")
+        tail = " | ".join(line for line in done.stderr.strip().splitlines()[-3:] if line.strip())
+        raise BenchError(f"{Path(cmd[1]).name} exited {done.returncode}: {tail} (log: {log})")
     return done.stdout
 
 
