@@ -137,3 +137,16 @@ def test_a_model_too_big_for_memory_is_refused_before_it_is_built(tmp_path, corp
     with pytest.raises(TextgenError, match="GiB of memory"):
         textgen.train(str(corpus_file), checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs",
                       **{**TINY, "units": 65_536, "layers": 16})
+
+
+def test_a_short_time_budget_trains_past_the_first_step_and_ends_in_time(tmp_path):
+    import time
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(300), encoding="utf-8")
+    start = time.perf_counter()
+    bundle = textgen.train(str(corpus), checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs",
+                           max_minutes=0.3, **TINY)
+    assert time.perf_counter() - start < 0.3 * 60 + 8  # data, model build and bundle save on top
+    state = json.loads((bundle / "config.json").read_text())["state"]
+    assert state["step"] > 20  # the first step's tracing time is not taken as the step time

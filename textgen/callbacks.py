@@ -142,7 +142,9 @@ class Budget(keras.callbacks.Callback):
     """Track progress through the run's budget; stop at `max_steps` or `max_minutes`.
 
     The clock starts at the first step and includes validation: training stops early
-    enough that the final validation (estimated from the step time) fits the budget.
+    enough that the final validation fits the budget. The step time is measured from
+    the second step on (the first one includes graph tracing), and the validation
+    time is the last measured pass (estimated from the step time before the first).
     Without either limit, progress is measured against `planned_steps`.
     """
 
@@ -153,8 +155,10 @@ class Budget(keras.callbacks.Callback):
         self.seconds = None if max_minutes is None else max_minutes * 60
         self.planned_steps = planned_steps
         self.val_batches = val_batches
-        self.start: float | None = None
-        self.steps_done = 0  # in this process (a resumed run's clock starts again)
+        self.start: float | None = None  # the first step's start (a resumed run's clock starts again)
+        self.steps_done = 0  # steps after the first, in this process
+        self.step_seconds = 0.0  # their total time, validation excluded
+        self.validation_seconds: float | None = None
         self.reason = ""
 
     def progress(self) -> float:
@@ -166,19 +170,35 @@ class Budget(keras.callbacks.Callback):
         return min(1.0, max(fractions))
 
     def on_train_batch_begin(self, batch, logs=None):
+        self._batch_start = time.perf_counter()
         if self.start is None:
-            self.start = time.perf_counter()
+            self.start = self._batch_start
+
+    def on_test_begin(self, logs=None):
+        self._test_start = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self.validation_seconds = time.perf_counter() - self._test_start
 
     def on_train_batch_end(self, batch, logs=None):
-        self.steps_done += 1
+        now = time.perf_counter()
+        if now > self.start and self._batch_start > self.start:  # not the first step
+            self.steps_done += 1
+            self.step_seconds += now - self._batch_start
         if self.max_steps is not None and _iterations(self.model) >= self.max_steps:
             self._stop(f"reached --max-steps {self.max_steps:,}")
-        elif self.seconds is not None:
-            elapsed = time.perf_counter() - self.start
-            step_time = elapsed / self.steps_done
-            validation = self.val_batches * step_time / 3  # forward only: ~1/3 of a step
-            if elapsed + step_time + validation >= self.seconds:
-                self._stop(f"reached --max-minutes {self.seconds / 60:g}")
+        elif self.seconds is not None and self._out_of_time(now - self.start):
+            self._stop(f"reached --max-minutes {self.seconds / 60:g}")
+
+    def _out_of_time(self, elapsed: float) -> bool:
+        """Whether one more step and a final validation would overrun the budget."""
+        if not self.steps_done:
+            return elapsed >= self.seconds
+        step = self.step_seconds / self.steps_done
+        validation = self.validation_seconds
+        if validation is None:
+            validation = self.val_batches * step / 3  # forward only: ~1/3 of a step
+        return elapsed + step + validation >= self.seconds
 
     def _stop(self, reason: str) -> None:
         self.reason = reason
