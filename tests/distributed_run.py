@@ -3,8 +3,9 @@
     python tests/distributed_run.py STRATEGY CORPUS OUT_DIR [REPLICAS]
 
 Logical CPU devices (REPLICAS of them, for "mirrored") must be configured before
-TensorFlow starts, hence a process of its own. Trains the tiny model for a few steps
-with carried state and writes OUT_DIR/losses.json: the per-step loss curve.
+TensorFlow starts, hence a process of its own. Trains the tiny model for 8 steps
+with carried state, then resumes it for 2 more, and writes OUT_DIR/losses.json: the
+per-step loss curves of both.
 """
 
 import json
@@ -26,8 +27,9 @@ import keras  # noqa: E402
 import textgen  # noqa: E402
 
 TINY = dict(units=16, layers=2, embedding_dim=8, seq_len=16, batch_size=8, dropout=0.0, seed=1)
-losses = []
-record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: losses.append(float(logs["loss"])))
-textgen.train(corpus, checkpoint_dir=out / "ck", log_dir=out / "runs", strategy=strategy, callbacks=[record],
-              max_steps=8, learning_rate=0.02, **TINY)
-(out / "losses.json").write_text(json.dumps(losses))
+curves = {"first": [], "resumed": []}
+for part, steps in (("first", 8), ("resumed", 10)):
+    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: curves[part].append(float(logs["loss"])))
+    textgen.train(corpus, checkpoint_dir=out / "ck", log_dir=out / "runs", strategy=strategy, callbacks=[record],
+                  max_steps=steps, learning_rate=0.02, resume=part == "resumed", **TINY)
+(out / "losses.json").write_text(json.dumps(curves))

@@ -140,7 +140,7 @@ class CarriedStateModel(MultiWorkerFix, keras.Model):
             self._loss_tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=tf.shape(x)[0])
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, self.trainable_weights)
-        grad_norm = tf.linalg.global_norm(grads)
+        grad_norm = tf.linalg.global_norm(grads)  # this replica's share, before the cross-replica sum
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
         return self._vector_logs({**self.compute_metrics(x, y, logits), "grad_norm": grad_norm})
 

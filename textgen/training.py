@@ -309,7 +309,8 @@ def _replica_layout(n_ids: int, batch: int, seq_len: int, replicas: int) -> Stre
 def _by_rows(dataset):
     """Shard across workers by batch rows: a strategy then splits each global batch into
     contiguous row blocks, one per replica, so every replica reads the same streams at
-    every step (auto-sharding by files would fail on a dataset with none)."""
+    every step (tested against one device in tests/test_distribute.py). AUTO would look
+    for input files first, find none, and fall back to this with a warning."""
     import tensorflow as tf
 
     options = tf.data.Options()
