@@ -75,6 +75,16 @@ def test_bad_corpora_get_one_line_and_exit_2(tmp_path, capsys, make, pattern):
     assert not (tmp_path / "ck").exists()  # bad input leaves nothing behind
 
 
+def test_bad_strategies_get_one_line_and_exit_2(tmp_path, capsys, corpus_file, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    argv = ["train", corpus_file, "--checkpoint-dir", tmp_path / "ck", "--log-dir", tmp_path / "r"]
+    assert_one_line_error(*run(capsys, *argv, "--strategy", "multi-worker")[::2], "needs TF_CONFIG")
+    monkeypatch.setenv("TF_CONFIG", "{oops")
+    assert_one_line_error(*run(capsys, *argv, "--strategy", "multi-worker")[::2], "TF_CONFIG must be JSON")
+    assert_one_line_error(*run(capsys, *argv, "--strategy", "horovod")[::2], "invalid choice")
+    assert not (tmp_path / "ck").exists()
+
+
 def test_bad_generate_inputs_get_one_line_and_exit_2(tiny_bundle, tmp_path, capsys):
     assert_one_line_error(*run(capsys, "generate", tmp_path)[::2], "not a textgen bundle")
     assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--prime", "Q@")[::2], "'Q'")

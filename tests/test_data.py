@@ -75,7 +75,7 @@ def test_stream_batches_shift_by_one_and_continue_each_other():
     batches = list(make_stream_dataset(ids, layout).take(7))
     for step, ((x, reset), y) in enumerate(batches):
         x, y = x.numpy(), y.numpy()
-        assert bool(reset) == (step % 5 == 0)  # the streams start over every 5 batches
+        assert list(reset.numpy()) == [step % 5 == 0] * len(x)  # the streams start over every 5 batches
         step %= 5
         assert x.shape == y.shape == (4, 5)
         assert np.array_equal(y, x + 1)  # target = input shifted by one

@@ -150,3 +150,36 @@ def test_a_short_time_budget_trains_past_the_first_step_and_ends_in_time(tmp_pat
     assert time.perf_counter() - start < 0.3 * 60 + 8  # data, model build and bundle save on top
     state = json.loads((bundle / "config.json").read_text())["state"]
     assert state["step"] > 20  # the first step's tracing time is not taken as the step time
+
+
+def test_mixed_precision_trains_and_saves_float32_weights_that_generate(tmp_path, corpus_file):
+    # bfloat16 on this CPU: allowed, but slower than float32 on most CPUs (README says so)
+    import keras
+
+    bundle = textgen.train(str(corpus_file), checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs",
+                           max_steps=10, mixed_precision=True, **TINY)
+    state = json.loads((bundle / "config.json").read_text())["state"]
+    assert state["val_loss"] < 3.5  # finite and sane: log(vocabulary) is about 3.3
+    import h5py
+
+    dtypes = set()
+    with h5py.File(bundle / "model.weights.h5") as f:
+        f.visititems(lambda name, item: dtypes.add(str(item.dtype)) if isinstance(item, h5py.Dataset) else None)
+    assert dtypes == {"float32"}
+    model = textgen.load(bundle)
+    assert model.generate(prime="The ", length=10, seed=0).startswith("The ")
+    assert keras.config.dtype_policy().name == "float32"  # set per layer: nothing leaks into later runs
+
+
+def test_resume_refuses_a_different_number_of_replicas(tiny_bundle, tmp_path):
+    import shutil
+
+    root = tiny_bundle.parent.parent
+    shutil.copytree(tiny_bundle, tmp_path / "ck" / "tiny")
+    state_file = tmp_path / "ck" / "tiny" / "resume" / "state.json"
+    document = json.loads(state_file.read_text())
+    document["state"]["replicas"] = 2  # as a run on two GPUs would have saved it
+    state_file.write_text(json.dumps(document))
+    with pytest.raises(TextgenError, match="trained on 2 replicas and must resume on as many, not 1"):
+        textgen.train(str(root / "tiny.txt"), name="tiny", checkpoint_dir=tmp_path / "ck",
+                      log_dir=tmp_path / "runs", resume=True, max_steps=50)

@@ -109,6 +109,11 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     option(g, "--seed", "initial weights and dropout", type=int)
     option(g, "--checkpoint-every", "steps between resume states (default: about every 5 minutes)", type=int)
     g.add_argument("--val-file", default=None, help="validate on this file instead of the corpus tail")
+    g = p.add_argument_group("devices")
+    g.add_argument("--strategy", default="default", choices=["auto", "default", "mirrored", "multi-worker"],
+                   help="tf.distribute strategy; --batch-size is the global batch (default: %(default)s)")
+    g.add_argument("--mixed-precision", action="store_true",
+                   help="compute in float16 on GPUs, bfloat16 elsewhere; weights stay float32")
     g = p.add_argument_group("output")
     g.add_argument("--name", default=None, help="run name (default: the corpus file's stem)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run of that name")

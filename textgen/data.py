@@ -165,7 +165,9 @@ def make_stream_dataset(ids: np.ndarray, layout: StreamLayout, *, first_step: in
 
     Batch g of the run is batch g mod steps of the layout, whatever process reads it,
     so a resumed run (first_step=g) sees exactly the data an uninterrupted one would.
-    `reset` is True where the streams start over, telling the model to zero its state.
+    `reset` (batch,) is True where the streams start over, telling the model to zero its
+    state; it has a row per stream so a strategy splitting the batch across replicas
+    hands each replica its own rows of it.
     Batches are gathered from `ids` (an array or a memmap) one at a time, so memory
     does not grow with the corpus.
     """
@@ -178,7 +180,7 @@ def make_stream_dataset(ids: np.ndarray, layout: StreamLayout, *, first_step: in
 
     def load(step):
         x, y = tf.numpy_function(gather, [step], [tf.int32, tf.int32], stateful=False)
-        reset = tf.equal(step % layout.steps, 0)
+        reset = tf.fill([layout.batch], tf.equal(step % layout.steps, 0))  # (batch,)
         return (tf.ensure_shape(x, shape), reset), tf.ensure_shape(y, shape)
 
     last = np.iinfo(np.int64).max if repeat else layout.steps

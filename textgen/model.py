@@ -14,10 +14,11 @@ from __future__ import annotations
 import keras
 
 from textgen.config import ModelConfig
+from textgen.distribute import MultiWorkerFix
 from textgen.fast_lstm import FastLSTM
 
 
-def _lstm(units: int, name: str, *, return_state: bool) -> keras.layers.LSTM:
+def _lstm(units: int, name: str, *, return_state: bool, dtype=None) -> keras.layers.LSTM:
     # FastLSTM is keras.layers.LSTM with a faster CPU training path and the same weights;
     # on a GPU it defers to Keras, and these arguments stay inside the cuDNN fast-path
     # conditions (tanh/sigmoid activations, recurrent_dropout=0, unroll=False,
@@ -25,12 +26,12 @@ def _lstm(units: int, name: str, *, return_state: bool) -> keras.layers.LSTM:
     return FastLSTM(
         units, return_sequences=True, return_state=return_state, name=name,
         activation="tanh", recurrent_activation="sigmoid",
-        recurrent_dropout=0.0, unroll=False, use_bias=True,
+        recurrent_dropout=0.0, unroll=False, use_bias=True, dtype=dtype,
     )
 
 
 def build_model(cfg: ModelConfig) -> keras.Model:
-    """The training model: int tokens (batch, time) -> float logits (batch, time, vocab)."""
+    """The export model: int tokens (batch, time) -> float logits (batch, time, vocab)."""
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")  # (batch, time)
     x = keras.layers.Embedding(cfg.vocab_size, cfg.embedding_dim, name="embedding")(tokens)
     for i in range(cfg.layers):
@@ -43,32 +44,35 @@ def build_model(cfg: ModelConfig) -> keras.Model:
     return keras.Model(tokens, logits, name="textgen_lstm")
 
 
-def build_stateful_model(cfg: ModelConfig, *, dropout: bool = False) -> keras.Model:
+def build_stateful_model(cfg: ModelConfig, *, dropout: bool = False, dtype=None) -> keras.Model:
     """[tokens, h_0, c_0, h_1, c_1, ...] -> [logits, h_0', c_0', h_1', c_1', ...].
 
     Used for training with carried state (dropout=True) and for generation and
     evaluation (dropout=False: the identity at inference, so left out). Layer names
     match `build_model`, so weights move between the views with `copy_weights`.
+    `dtype`: a Keras dtype policy such as "mixed_bfloat16" for every layer but the
+    logits, which stay float32 (a stable softmax); weights are float32 either way.
+    It is given per layer, never set process-wide, so it cannot leak into later runs.
     """
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")  # (batch, time)
     rate = cfg.dropout if dropout else 0.0
     states_in, states_out = [], []
-    x = keras.layers.Embedding(cfg.vocab_size, cfg.embedding_dim, name="embedding")(tokens)
+    x = keras.layers.Embedding(cfg.vocab_size, cfg.embedding_dim, name="embedding", dtype=dtype)(tokens)
     for i in range(cfg.layers):
         if i > 0 and rate > 0:
-            x = keras.layers.Dropout(rate, name=f"dropout_{i}")(x)
+            x = keras.layers.Dropout(rate, name=f"dropout_{i}", dtype=dtype)(x)
         h = keras.Input(shape=(cfg.units,), name=f"h_{i}")  # (batch, units)
         c = keras.Input(shape=(cfg.units,), name=f"c_{i}")
-        x, h_new, c_new = _lstm(cfg.units, f"lstm_{i}", return_state=True)(x, initial_state=[h, c])
+        x, h_new, c_new = _lstm(cfg.units, f"lstm_{i}", return_state=True, dtype=dtype)(x, initial_state=[h, c])
         states_in += [h, c]
         states_out += [h_new, c_new]
     if rate > 0:
-        x = keras.layers.Dropout(rate, name="dropout_out")(x)
-    logits = keras.layers.Dense(cfg.vocab_size, name="logits")(x)  # (batch, time, vocab)
+        x = keras.layers.Dropout(rate, name="dropout_out", dtype=dtype)(x)
+    logits = keras.layers.Dense(cfg.vocab_size, name="logits", dtype="float32")(x)  # (batch, time, vocab) float32
     return keras.Model([tokens, *states_in], [logits, *states_out], name="textgen_lstm_stateful")
 
 
-class CarriedStateModel(keras.Model):
+class CarriedStateModel(MultiWorkerFix, keras.Model):
     """Truncated backpropagation through time over B contiguous streams.
 
     Batch t holds the t-th slice of each of B streams of the corpus, so the (h, c) a
@@ -81,6 +85,11 @@ class CarriedStateModel(keras.Model):
     adding the carried state and the gradient global norm (`grad_norm` in the batch
     logs). It uses Keras internals (_compute_loss, _loss_tracker); pyproject pins
     keras to 3.15.x and tests/test_training.py fails if they change.
+
+    Under a `tf.distribute` strategy (build it inside `strategy.scope()`), the batch
+    is split by rows across replicas, so each replica reads its own contiguous streams
+    and carries their state: the carry variables are sync-on-read, one copy per replica
+    of shape (per-replica batch, units). `batch_size` and `val_batch_size` are per replica.
     """
 
     def __init__(self, net: keras.Model, cfg: ModelConfig, batch_size: int, val_batch_size: int, **kwargs):
@@ -90,26 +99,35 @@ class CarriedStateModel(keras.Model):
         self.val_carry = self._carry(cfg, val_batch_size, "val")
 
     def _carry(self, cfg: ModelConfig, batch: int, kind: str) -> list:
+        # on_read: every replica keeps and updates its own copy, never synchronised; read from
+        # outside a replica (a save) it gives the first replica's copy.
         return [
-            self.add_weight(shape=(batch, cfg.units), initializer="zeros", trainable=False,
-                            name=f"{kind}_{'hc'[i % 2]}_{i // 2}")
+            keras.Variable("zeros", shape=(batch, cfg.units), trainable=False, synchronization="on_read",
+                           aggregation="only_first_replica", name=f"{kind}_{'hc'[i % 2]}_{i // 2}")
             for i in range(2 * cfg.layers)
         ]
 
     def state_variables(self) -> list:
-        """Everything a resumed run must restore: carried states, weights, dropout seeds."""
-        return [*self.train_carry, *self.val_carry, *self.net.variables]
+        """Everything a resumed run must restore: carried states, weights, dropout seeds.
+
+        With several replicas the carried states are left out (a save sees only the
+        first replica's): a resumed run restarts its streams from a zero state.
+        """
+        carry = [*self.train_carry, *self.val_carry] if self.distribute_strategy.num_replicas_in_sync == 1 else []
+        return [*carry, *self.net.variables]
 
     def call(self, tokens, training=False):
+        if isinstance(tokens, (tuple, list)):  # a training batch's (tokens, reset), as Keras builds with it
+            tokens = tokens[0]
         return self.net([tokens, *self.train_carry], training=training)[0]
 
     def _step(self, data, carry, training: bool):
         """Forward one batch from the carried states; store the new states."""
-        (x, reset), y = data  # (batch, seq_len) each, reset: scalar bool
-        keep = 1.0 - keras.ops.cast(reset, "float32")
+        (x, reset), y = data  # (batch, seq_len) each, reset: (batch,) bool
+        keep = 1.0 - keras.ops.cast(reset, "float32")[:, None]  # (batch, 1)
         logits, *states = self.net([x, *[var * keep for var in carry]], training=training)
-        for var, state in zip(carry, states):
-            var.assign(keras.ops.stop_gradient(state))
+        for var, state in zip(carry, states):  # states are bfloat16/float16 under --mixed-precision
+            var.assign(keras.ops.cast(keras.ops.stop_gradient(state), var.dtype))
         loss = self._compute_loss(x=x, y=y, y_pred=logits, training=training)
         return x, y, logits, loss  # logits: (batch, seq_len, vocab)
 
@@ -122,14 +140,16 @@ class CarriedStateModel(keras.Model):
             self._loss_tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=tf.shape(x)[0])
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, self.trainable_weights)
-        grad_norm = tf.linalg.global_norm(grads)
+        grad_norm = tf.linalg.global_norm(grads)  # this replica's share, before the cross-replica sum
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
-        return {**self.compute_metrics(x, y, logits), "grad_norm": grad_norm}
+        return self._vector_logs({**self.compute_metrics(x, y, logits), "grad_norm": grad_norm})
 
     def test_step(self, data):
+        from keras.src.losses.loss import unscale_loss_for_distribution
+
         x, y, logits, loss = self._step(data, self.val_carry, training=False)
-        self._loss_tracker.update_state(loss, sample_weight=keras.ops.shape(x)[0])
-        return self.compute_metrics(x, y, logits)
+        self._loss_tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=keras.ops.shape(x)[0])
+        return self._vector_logs(self.compute_metrics(x, y, logits))
 
 
 def copy_weights(source: keras.Model, target: keras.Model) -> None:

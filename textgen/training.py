@@ -39,7 +39,7 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
           resume: bool = False, init_from: str | Path | None = None,
           checkpoint_dir: str | Path = "checkpoints", log_dir: str | Path = "runs",
           val_file: str | None = None, glob: str = "*.txt", callbacks: list | tuple = (),
-          **options: Any) -> Path:
+          strategy: str = "default", mixed_precision: bool = False, **options: Any) -> Path:
     """Train a model on `corpus` and return the path of its checkpoint bundle.
 
     Args:
@@ -53,12 +53,18 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
         val_file: validate on this file instead of holding out the end of the corpus.
         glob: which files of a corpus folder to read ("**/*.txt": recursively).
         callbacks: extra Keras callbacks for model.fit.
+        strategy: "default", "mirrored", "multi-worker" or "auto" (see textgen.distribute);
+            --batch-size is the global batch, split across the replicas.
+        mixed_precision: compute in bfloat16 (float16 on GPUs), weights stay float32.
         **options: any field of TokenizerConfig, ModelConfig or TrainConfig, e.g.
             level="word", units=512, max_minutes=5.
     """
+    from textgen import distribute
+
     items = [str(i) for i in ([corpus] if isinstance(corpus, (str, Path)) else corpus)]
     name = name or default_name(items)
     check_name(name)
+    tf_strategy = distribute.make_strategy(strategy)  # before any TensorFlow op (collectives)
     bundle_dir, run_dir = Path(checkpoint_dir) / name, Path(log_dir) / name
     state = start = None
     if resume:
@@ -77,9 +83,13 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
             config, tokenizer = _fine_tune_config(start.config, options), start.tokenizer
         prepared = prepare(items, val_file, config.replace(name=name), tokenizer, glob)
     check_memory(prepared.config)
-    _claim_run(bundle_dir, run_dir, overwrite and not resume)
+    # The chief writes the real bundle and logs; other workers run the same saves into
+    # temporary folders (saves may hold collectives) and delete them at the end.
+    out_bundle, out_run = distribute.output_dir(bundle_dir), distribute.output_dir(run_dir)
+    _claim_run(out_bundle, out_run, (overwrite and not resume) or out_bundle != bundle_dir)
     try:
-        return fit(prepared, bundle_dir, run_dir, state, start.model if start else None, list(callbacks))
+        return fit(prepared, out_bundle, out_run, state, start.model if start else None, list(callbacks),
+                   strategy=tf_strategy, mixed_precision=mixed_precision)
     except Interrupted as stop:
         command = ["python", "train.py", *items, "--name", name, "--resume"]
         for flag, value, default in (("--checkpoint-dir", checkpoint_dir, "checkpoints"),
@@ -87,6 +97,10 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
             if str(value) != default:
                 command += [flag, str(value)]
         raise Interrupted(f"{stop}; resume with: {shlex.join(command)}", stop.exit_code) from None
+    finally:
+        if out_bundle != bundle_dir:
+            shutil.rmtree(out_bundle.parent, ignore_errors=True)
+            shutil.rmtree(out_run.parent, ignore_errors=True)
 
 
 def check_name(name: str) -> None:
@@ -183,15 +197,21 @@ def _provenance(corpus: TokenIds, val_file: str | None) -> dict:
 
 
 def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, init_model=None,
-        extra_callbacks: list | None = None) -> Path:
+        extra_callbacks: list | None = None, strategy=None, mixed_precision: bool = False) -> Path:
     """Build, compile and fit the model; the best bundle by validation loss ends in bundle_dir.
 
     Args:
         resume_state: a checkpoint.ResumeState to continue from exactly.
         init_model: a Keras model whose weights start the run (fine-tuning).
         extra_callbacks: more Keras callbacks for model.fit.
+        strategy: a tf.distribute.Strategy (default: the default one); the trainer is built
+            inside its scope and the batch split by rows, one set of streams per replica.
+        mixed_precision: per-layer mixed dtype policy (textgen.distribute.mixed_precision_dtype).
     """
     import keras
+    import tensorflow as tf
+
+    from textgen import distribute
 
     from textgen import callbacks as cb
     from textgen.checkpoint import save_bundle, save_resume_state
@@ -199,17 +219,26 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, 
     from textgen.model import CarriedStateModel, build_model, build_stateful_model, copy_weights
 
     cfg, t = prepared.config, prepared.config.train
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas, chief = strategy.num_replicas_in_sync, distribute.is_chief()
     keras.utils.set_random_seed(t.seed)
-    layout = StreamLayout.fit(len(prepared.train_ids), t.batch_size, t.seq_len)
-    val_layout = StreamLayout.fit(len(prepared.val_ids), layout.batch, layout.seq_len)
-    net = build_stateful_model(cfg.model, dropout=True)
-    trainer = CarriedStateModel(net, cfg.model, layout.batch, val_layout.batch)
-    trainer.compile(
-        optimizer=keras.optimizers.Adam(t.learning_rate, global_clipnorm=t.clip_norm),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=False,  # XLA makes the LSTM loop slower on CPU (measured: bench/train_speed.py)
-    )
-    progress = _restore(trainer, resume_state) if resume_state else {}
+    layout = _replica_layout(len(prepared.train_ids), t.batch_size, t.seq_len, replicas)
+    val_layout = _replica_layout(len(prepared.val_ids), layout.batch, layout.seq_len, replicas)
+    policy = distribute.mixed_precision_dtype(_device_kind()) if mixed_precision else None
+    with strategy.scope():
+        net = build_stateful_model(cfg.model, dropout=True, dtype=policy)
+        trainer = CarriedStateModel(net, cfg.model, layout.batch // replicas, val_layout.batch // replicas)
+        per = layout.batch // replicas  # MultiWorkerFix builds from one replica's batch
+        trainer.build_batch = ((np.zeros((per, layout.seq_len), np.int32), np.zeros(per, bool)),
+                               np.zeros((per, layout.seq_len), np.int32))
+        optimizer = keras.optimizers.Adam(t.learning_rate, global_clipnorm=t.clip_norm)
+        if policy == "mixed_float16":  # float16 gradients underflow without loss scaling
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        trainer.compile(
+            optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=False,  # XLA makes the LSTM loop slower on CPU (measured: bench/train_speed.py)
+        )
+        progress = _restore(trainer, resume_state, replicas) if resume_state else {}
     if init_model is not None:
         copy_weights(init_model, net)
     export = build_model(cfg.model)  # the plain tokens -> logits view saved in bundles
@@ -234,21 +263,23 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, 
     best = cb.BestBundle(save, t.patience, _inf(progress.get("best_val_loss")), progress.get("wait", 0),
                          progress.get("epoch", 0))
     resume_writer = cb.ResumeCheckpoint(
-        lambda: save_resume_state(bundle_dir, trainer, prepared.tokenizer, cfg, best.progress()),
+        lambda: save_resume_state(bundle_dir, trainer, prepared.tokenizer, cfg, {**best.progress(), "replicas": replicas}),
         t.checkpoint_every,
     )
     stop = cb.StopOnSignal(bar.write)
     callbacks = [
-        bar, stop, budget, cb.CosineSchedule(budget, t.learning_rate), keras.callbacks.TerminateOnNaN(),
-        cb.TensorBoardScalars(run_dir, tokens_per_step, prepared.chars_per_token),
-        best, resume_writer, cb.SamplePrinter(bar.write, sample, 1.0 / (math.log(2) * prepared.chars_per_token)),
+        stop, budget, cb.CosineSchedule(budget, t.learning_rate), keras.callbacks.TerminateOnNaN(),
+        cb.TensorBoardScalars(run_dir, tokens_per_step, prepared.chars_per_token), best, resume_writer,
         *(extra_callbacks or []),
     ]
+    if chief:  # the other workers train silently
+        callbacks[:0] = [bar]
+        callbacks.append(cb.SamplePrinter(bar.write, sample, 1.0 / (math.log(2) * prepared.chars_per_token)))
     with stop:  # Ctrl-C/SIGTERM: finish the step; validation, bundle and resume state follow
         history = trainer.fit(
-            make_stream_dataset(prepared.train_ids, layout, first_step=first_step),
+            _by_rows(make_stream_dataset(prepared.train_ids, layout, first_step=first_step)),
             steps_per_epoch=layout.steps, initial_epoch=best.epoch, epochs=max(t.epochs, best.epoch + 1),
-            validation_data=make_stream_dataset(prepared.val_ids, val_layout, repeat=False),
+            validation_data=_by_rows(make_stream_dataset(prepared.val_ids, val_layout, repeat=False)),
             callbacks=callbacks, shuffle=False, verbose=0,  # order matters: state is carried across batches
         )
     _check_finite(history, best)
@@ -262,10 +293,44 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, 
     return bundle_dir
 
 
-def _restore(trainer, state) -> dict:
+def _replica_layout(n_ids: int, batch: int, seq_len: int, replicas: int) -> StreamLayout:
+    """StreamLayout.fit with the batch a multiple of the replicas (each reads batch/replicas streams)."""
+    if batch % replicas:
+        raise TextgenError(f"--batch-size {batch} is the global batch: it must be a multiple of the "
+                           f"{replicas} replicas")
+    layout = StreamLayout.fit(n_ids, batch, seq_len)
+    if layout.batch % replicas:  # a short text shrank the batch: round down to whole replicas
+        layout = StreamLayout.fit(n_ids, layout.batch - layout.batch % replicas, layout.seq_len)
+    if layout.batch < replicas:
+        raise TextgenError(f"the text is too short to give each of the {replicas} replicas a stream")
+    return layout
+
+
+def _by_rows(dataset):
+    """Shard across workers by batch rows: a strategy then splits each global batch into
+    contiguous row blocks, one per replica, so every replica reads the same streams at
+    every step (tested against one device in tests/test_distribute.py). AUTO would look
+    for input files first, find none, and fall back to this with a warning."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def _device_kind() -> str:
+    import tensorflow as tf
+
+    return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+
+
+def _restore(trainer, state, replicas: int = 1) -> dict:
     """Load a resume state's variables into a freshly built trainer and its optimizer."""
     from textgen.checkpoint import restore_variables
 
+    saved = state.progress.get("replicas", 1)
+    if saved != replicas:
+        raise TextgenError(f"this run was trained on {saved} replicas and must resume on as many, not {replicas}")
     trainer.optimizer.build(trainer.trainable_variables)
     restore_variables(trainer.state_variables(), state.arrays, "model")
     restore_variables(trainer.optimizer.variables, state.arrays, "optimizer")
