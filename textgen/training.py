@@ -39,7 +39,7 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
           resume: bool = False, init_from: str | Path | None = None,
           checkpoint_dir: str | Path = "checkpoints", log_dir: str | Path = "runs",
           val_file: str | None = None, glob: str = "*.txt", callbacks: list | tuple = (),
-          **options: Any) -> Path:
+          sample_every: int | None = None, histograms: bool = True, **options: Any) -> Path:
     """Train a model on `corpus` and return the path of its checkpoint bundle.
 
     Args:
@@ -53,12 +53,16 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
         val_file: validate on this file instead of holding out the end of the corpus.
         glob: which files of a corpus folder to read ("**/*.txt": recursively).
         callbacks: extra Keras callbacks for model.fit.
+        sample_every: also write TensorBoard text samples every N steps (always at epoch ends).
+        histograms: write per-layer weight histograms at epoch ends.
         **options: any field of TokenizerConfig, ModelConfig or TrainConfig, e.g.
             level="word", units=512, max_minutes=5.
     """
     items = [str(i) for i in ([corpus] if isinstance(corpus, (str, Path)) else corpus)]
     name = name or default_name(items)
     check_name(name)
+    if sample_every is not None and sample_every < 1:
+        raise TextgenError(f"sample_every must be at least 1, not {sample_every}")
     bundle_dir, run_dir = Path(checkpoint_dir) / name, Path(log_dir) / name
     state = start = None
     if resume:
@@ -78,8 +82,10 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
         prepared = prepare(items, val_file, config.replace(name=name), tokenizer, glob)
     check_memory(prepared.config)
     _claim_run(bundle_dir, run_dir, overwrite and not resume)
+    monitoring = {"sample_every": sample_every, "histograms": histograms}
     try:
-        return fit(prepared, bundle_dir, run_dir, state, start.model if start else None, list(callbacks))
+        return fit(prepared, bundle_dir, run_dir, state, start.model if start else None, list(callbacks),
+                   monitoring)
     except Interrupted as stop:
         command = ["python", "train.py", *items, "--name", name, "--resume"]
         for flag, value, default in (("--checkpoint-dir", checkpoint_dir, "checkpoints"),
@@ -183,13 +189,14 @@ def _provenance(corpus: TokenIds, val_file: str | None) -> dict:
 
 
 def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, init_model=None,
-        extra_callbacks: list | None = None) -> Path:
+        extra_callbacks: list | None = None, monitoring: dict | None = None) -> Path:
     """Build, compile and fit the model; the best bundle by validation loss ends in bundle_dir.
 
     Args:
         resume_state: a checkpoint.ResumeState to continue from exactly.
         init_model: a Keras model whose weights start the run (fine-tuning).
         extra_callbacks: more Keras callbacks for model.fit.
+        monitoring: keyword arguments for monitor.monitoring_callbacks (sample_every, histograms).
     """
     import keras
 
@@ -197,6 +204,7 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, 
     from textgen.checkpoint import save_bundle, save_resume_state
     from textgen.generate import TextGenerator
     from textgen.model import CarriedStateModel, build_model, build_stateful_model, copy_weights
+    from textgen.monitor import monitoring_callbacks
 
     cfg, t = prepared.config, prepared.config.train
     keras.utils.set_random_seed(t.seed)
@@ -222,6 +230,7 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, 
         return export
 
     def save(state: dict) -> Path:
+        state = {**state, "chars_per_token": prepared.chars_per_token}  # lets `info` show bits/char
         return save_bundle(bundle_dir, current_model(), prepared.tokenizer, cfg, state)
 
     def sample() -> str:
@@ -240,8 +249,11 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, 
     stop = cb.StopOnSignal(bar.write)
     callbacks = [
         bar, stop, budget, cb.CosineSchedule(budget, t.learning_rate), keras.callbacks.TerminateOnNaN(),
-        cb.TensorBoardScalars(run_dir, tokens_per_step, prepared.chars_per_token),
+        cb.TensorBoardScalars(run_dir, tokens_per_step, prepared.chars_per_token,
+                              best_loss=_inf(progress.get("best_val_loss"))),
         best, resume_writer, cb.SamplePrinter(bar.write, sample, 1.0 / (math.log(2) * prepared.chars_per_token)),
+        *monitoring_callbacks(current_model, prepared.tokenizer, cfg, prepared.train_ids, run_dir,
+                              **(monitoring or {})),
         *(extra_callbacks or []),
     ]
     with stop:  # Ctrl-C/SIGTERM: finish the step; validation, bundle and resume state follow
