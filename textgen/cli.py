@@ -310,9 +310,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     generator = load(args.bundle)
     paths = [Path(f) for f in args.files]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise TextgenError(f"{missing[0]}: no such file")
+    for path in paths:
+        if not path.exists():
+            raise TextgenError(f"{path}: no such file")
+        if not path.is_file():
+            raise TextgenError(f"{path}: not a file")
     total = sum(p.stat().st_size for p in paths)
     with tqdm(total=total, unit="B", unit_scale=True, desc="evaluating", disable=args.json) as bar:
         score = evaluate_files(generator, paths, progress=bar.update)
