@@ -84,8 +84,8 @@ class TextGenerator:
         return cls(Bundle(Path("."), config, tokenizer, model))
 
     def refresh_weights(self) -> None:
-        """Copy `model`'s current weights again (a live model mid-training has moved on)."""
-        copy_weights(self.model, self._stateful)
+        """Snapshot `model`'s weights again (a live model mid-training has moved on)."""
+        self._stepper = LSTMStepper.from_model(self.model)
 
     def zero_states(self, batch: int) -> list[np.ndarray]:
         """Initial (h, c) of every layer for a batch: 2 * layers arrays of (batch, units)."""

@@ -33,7 +33,7 @@ def monitoring_callbacks(current_model: Callable[[], Any], tokenizer, config: Co
         current_model()  # copies the trainer's weights into the model the generator reads
         generator.refresh_weights()
         seed = config.train.seed
-        return [generator.generate(prime, SAMPLE_LENGTH, t, seed) for t in temperatures]
+        return [generator.generate(prime, length=SAMPLE_LENGTH, temperature=t, seed=seed) for t in temperatures]
 
     found = [cb.TextSamples(run_dir, sample, SAMPLE_TEMPERATURES, every=sample_every),
              cb.HParams(run_dir, hparams(config))]

@@ -18,7 +18,6 @@ the event loop drains), so a slow or stalled client cannot hold the model.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import math
 import socket
@@ -29,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from textgen.config import TextgenError
-from textgen.generate import TextGenerator, load
+from textgen.generate import Controls, TextGenerator, load
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_PRIME_CHARS = 2000
@@ -94,9 +93,6 @@ def _check_fields(r: GenerateRequest, generator: TextGenerator) -> None:
     _require(r.top_k is None or (_is_int(r.top_k) and 0 <= r.top_k <= vocab),
              f"top_k must be null or an integer in 0..{vocab} (0 = off)")
     _require(r.top_p is None or (_is_number(r.top_p) and 0 < r.top_p <= 1), "top_p must be null or a number in (0, 1]")
-    for name in ("top_k", "top_p"):
-        if getattr(r, name) is not None and name not in _stream_parameters(generator):
-            raise BadRequest(f"{name} is not supported by this textgen version's generator")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -112,10 +108,6 @@ def _is_number(value) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
 
 
-def _stream_parameters(generator: TextGenerator) -> set[str]:
-    return set(inspect.signature(generator.stream).parameters)
-
-
 class ModelWorker:
     """Runs generation in a thread pool, one token at a time under the model lock."""
 
@@ -125,12 +117,19 @@ class ModelWorker:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="textgen-generate")
         self.closing = threading.Event()
 
-    def pieces(self, r: GenerateRequest, index: int) -> Iterator[str]:
-        """Sample `index` of a request, piece by piece (the prime first)."""
-        # Until the generator samples several streams itself, sample i uses seed + i.
-        seed = None if r.seed is None else r.seed + index
-        extra = {k: v for k, v in (("top_k", r.top_k), ("top_p", r.top_p)) if v is not None}
-        return self.generator.stream(r.prime, r.length, r.temperature, seed, **extra)
+    def pieces(self, r: GenerateRequest) -> Iterator[list[tuple[int, str]]]:
+        """Each step's new text as (sample index, piece) pairs, the prime first.
+
+        All samples are generated as one batch (sample i uses the random stream
+        (seed, i), as `TextGenerator.sample` does); one step is one token of each.
+        """
+        controls = Controls(length=r.length, temperature=r.temperature, top_k=r.top_k or None,
+                            top_p=r.top_p, seed=r.seed).check()
+        ids = self.generator.encode_prime(r.prime)
+        if r.prime:
+            yield [(i, r.prime) for i in range(r.num_samples)]
+        for step in self.generator.steps(ids, r.num_samples, controls):
+            yield [(i, piece) for i, piece in enumerate(step) if piece]
 
     async def stream(self, r: GenerateRequest) -> AsyncIterator[tuple[int, str]]:
         """(sample index, text piece) pairs as the worker thread produces them."""
@@ -146,14 +145,14 @@ class ModelWorker:
 
         def work() -> None:
             try:
-                for index in range(r.num_samples):
-                    pieces = self.pieces(r, index)
-                    while not (stop.is_set() or self.closing.is_set()):
-                        with self.lock:  # one token per turn: other requests interleave
-                            piece = next(pieces, None)
-                        if piece is None:
-                            break
-                        put((index, piece))
+                steps = self.pieces(r)
+                while not (stop.is_set() or self.closing.is_set()):
+                    with self.lock:  # one token per turn: other requests interleave
+                        pairs = next(steps, None)
+                    if pairs is None:
+                        break
+                    for pair in pairs:
+                        put(pair)
             except Exception as err:  # reported to the client as an error event
                 put(err)
             finally:
