@@ -137,7 +137,7 @@ class TensorBoardScalars(keras.callbacks.Callback):
     def _losses(self, loss: float) -> dict[str, float]:
         """One loss in nats/token as the three scales people read."""
         return {"loss": loss, "bits_per_char": loss * self.bits_scale,
-                "perplexity": math.exp(min(loss, 700.0))}  # exp overflows a float past ~709
+                "perplexity": math.exp(loss) if loss < 88.0 else loss * math.inf}  # float32 ends at e^88.7
 
     def on_train_end(self, logs=None):
         self.train_writer.flush()
