@@ -234,3 +234,22 @@ def test_ctrl_c_keeps_what_was_printed_and_exits_130(tiny_bundle):
         code, rest, err = child.finish(timeout=60)
     assert code == 130 and head.startswith("The")
     assert rest.endswith("\n") and err.strip().splitlines() == ["textgen: interrupted"]
+
+
+def test_info_prints_the_bundle_and_its_json(tiny_bundle, tiny_generator, capsys):
+    code, out, _ = run(capsys, "info", tiny_bundle)
+    assert code == 0
+    assert f"{tiny_generator.model.count_params():,} parameters" in out and "tiny.txt" in out
+    code, out, _ = run(capsys, "info", tiny_bundle, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["parameters"] == tiny_generator.model.count_params()
+    assert info["vocab_size"] == tiny_generator.config.model.vocab_size and info["level"] == "char"
+    assert info["step"] == tiny_generator.state["step"] and info["corpus"]["sources"][0]["file"] == "tiny.txt"
+    assert info["best_val_loss"] == tiny_generator.state["best_val_loss"]
+    assert abs(info["best_val_bits_per_char"] * 0.6931471805599453 - info["best_val_loss"]) < 1e-9  # char level
+
+
+def test_info_and_evaluate_refuse_what_is_not_there(tiny_bundle, tmp_path, capsys):
+    assert_one_line_error(*run(capsys, "info", tmp_path)[::2], "not a textgen bundle")
+    assert_one_line_error(*run(capsys, "evaluate", tiny_bundle, tmp_path / "nope.txt")[::2], "nope.txt")
+    assert_one_line_error(*run(capsys, "evaluate", tiny_bundle, tmp_path)[::2], "not a file")

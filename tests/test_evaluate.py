@@ -37,3 +37,53 @@ def test_bits_per_char_counts_characters_not_bpe_tokens(tmp_path):
     assert score.tokens == len(encode(generator.tokenizer, text)) - 1 < score.characters
     assert score.characters == len(text) - len(first)
     assert math.isclose(score.bits_per_char, score.nats / score.characters / math.log(2))
+
+
+def test_files_read_in_small_blocks_score_as_the_whole_text(tiny_generator, corpus_text, tmp_path, monkeypatch):
+    import textgen.evaluate as module
+    from textgen.evaluate import evaluate_files
+
+    text = "\ufeff" + corpus_text[:3000].replace("\n", "\r\n")  # a BOM and CRLFs, split across blocks
+    path = tmp_path / "held_out.txt"
+    path.write_text(text, encoding="utf-8", newline="")
+    monkeypatch.setattr(module, "READ_BYTES", 97)
+    monkeypatch.setattr(module, "CHUNK_TOKENS", 50)
+    seen = []
+    streamed = evaluate_files(tiny_generator, [path], progress=seen.append)
+    whole = evaluate_texts(tiny_generator, [corpus_text[:3000]])
+    assert sum(seen) == path.stat().st_size and max(seen) == 97
+    assert (streamed.tokens, streamed.characters) == (whole.tokens, whole.characters)
+    assert math.isclose(streamed.nats, whole.nats, rel_tol=1e-5)
+
+
+def test_reading_a_large_file_keeps_memory_flat(corpus_text, tmp_path, monkeypatch):
+    """Scoring holds one piece (plus one chunk of logits) at a time; the reader must too."""
+    import tracemalloc
+
+    import textgen.evaluate as module
+    from textgen.evaluate import read_pieces
+
+    path = tmp_path / "large.txt"
+    path.write_text(corpus_text * 700, encoding="utf-8")  # ~3 MB
+    monkeypatch.setattr(module, "READ_BYTES", 65536)
+    tracemalloc.start()
+    try:
+        lengths = [len(piece) for piece in read_pieces(path)]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sum(lengths) == len(corpus_text) * 700 and max(lengths) <= 65536 + 100
+    assert peak < 1_000_000 < path.stat().st_size / 3
+
+
+def test_bad_files_get_clear_errors(tiny_generator, tmp_path):
+    import pytest
+
+    from textgen.config import TextgenError
+    from textgen.evaluate import evaluate_files
+
+    cases = {b"": "empty", b"ab\x00cd": "NUL byte at offset 2", b"abc\xff": "byte offset 3", b"a": "too short"}
+    for data, message in cases.items():
+        (tmp_path / "f.txt").write_bytes(data)
+        with pytest.raises(TextgenError, match=message):
+            evaluate_files(tiny_generator, [tmp_path / "f.txt"])

@@ -1,8 +1,8 @@
 """Keras callbacks that make `model.fit` a textgen run.
 
-Each does one job: progress bar, TensorBoard scalars, stopping on a time or step
-budget, keeping the best bundle, printing a sample after each validation, stopping
-cleanly on Ctrl-C or SIGTERM.
+Each does one job: progress bar, TensorBoard scalars, text samples, hyperparameters
+and weight histograms, stopping on a time or step budget, keeping the best bundle,
+printing a sample after each validation, stopping cleanly on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -89,13 +89,16 @@ class ProgressBar(keras.callbacks.Callback):
 class TensorBoardScalars(keras.callbacks.Callback):
     """Scalars under LOG_DIR/train and LOG_DIR/validation, on the optimizer-step axis.
 
-    Train: loss (nats/token), bits_per_char, learning_rate, tokens_per_second, every
-    `every` steps. Validation: loss and bits_per_char after each validation. Written
+    Train: loss (nats/token), bits_per_char, perplexity (per token), learning_rate,
+    tokens_per_second, and grad_norm when the train step reports it in its logs, every
+    `every` steps. Validation: loss, bits_per_char, perplexity and best_bits_per_char
+    (the HParams tab's metric) after each validation. Written
     with tf.summary (rather than keras.callbacks.TensorBoard, whose axis is epochs or
     per-epoch batches) so resumed runs continue the same curves.
     """
 
-    def __init__(self, log_dir: Path, tokens_per_step: int, chars_per_token: float, every: int = 10):
+    def __init__(self, log_dir: Path, tokens_per_step: int, chars_per_token: float, every: int = 10,
+                 best_loss: float = math.inf):
         super().__init__()
         import tensorflow as tf
 
@@ -106,6 +109,7 @@ class TensorBoardScalars(keras.callbacks.Callback):
         self.bits_scale = 1.0 / (LN2 * chars_per_token)  # nats/token -> bits/char
         self.every = every
         self.losses = BatchLosses(window=every)
+        self.best_bits = best_loss * self.bits_scale  # a resumed run carries its best on
 
     def on_epoch_begin(self, epoch, logs=None):
         self.losses.reset()
@@ -119,14 +123,21 @@ class TensorBoardScalars(keras.callbacks.Callback):
             return
         rate = self._steps * self.tokens_per_step / max(time.perf_counter() - self._t0, 1e-9)
         loss = self.losses.mean()
-        self._write(self.train_writer, step, loss=loss, bits_per_char=loss * self.bits_scale,
-                    learning_rate=_learning_rate(self.model), tokens_per_second=rate)
+        extra = {"grad_norm": float(logs["grad_norm"])} if "grad_norm" in logs else {}
+        self._write(self.train_writer, step, **self._losses(loss),
+                    learning_rate=_learning_rate(self.model), tokens_per_second=rate, **extra)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs and "val_loss" in logs:
-            loss = float(logs["val_loss"])
-            self._write(self.val_writer, _iterations(self.model), loss=loss,
-                        bits_per_char=loss * self.bits_scale)
+            scalars = self._losses(float(logs["val_loss"]))
+            self.best_bits = min(self.best_bits, scalars["bits_per_char"])
+            self._write(self.val_writer, _iterations(self.model), **scalars,
+                        best_bits_per_char=self.best_bits)
+
+    def _losses(self, loss: float) -> dict[str, float]:
+        """One loss in nats/token as the three scales people read."""
+        return {"loss": loss, "bits_per_char": loss * self.bits_scale,
+                "perplexity": math.exp(loss) if loss < 88.0 else loss * math.inf}  # float32 ends at e^88.7
 
     def on_train_end(self, logs=None):
         self.train_writer.flush()
@@ -403,3 +414,103 @@ class StopOnSignal(keras.callbacks.Callback):
             self.step = _iterations(self.model)
             for hook in self.on_interrupt:
                 hook(self.signum)
+
+
+def _markdown_block(text: str) -> str:
+    """Text as a fenced block: TensorBoard renders Markdown, which would eat line breaks."""
+    fence = "~~~~" if "```" in text else "```"
+    return f"{fence}\n{text}\n{fence}"
+
+
+class TextSamples(keras.callbacks.Callback):
+    """Generated text under LOG_DIR/samples, one Text-tab tag per temperature.
+
+    Written after each validation (epoch end) and, with `every`, every N optimizer
+    steps, so the Text tab shows the model learning. `sample(temperatures)` returns one
+    string per temperature, all from the same prime and seed.
+    """
+
+    def __init__(self, log_dir: Path, sample: Callable[[tuple], list[str]],
+                 temperatures: tuple = (0.5, 0.8, 1.0), every: int | None = None):
+        super().__init__()
+        import tensorflow as tf
+
+        self.tf = tf
+        self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "samples"))
+        self.sample = sample
+        self.temperatures = tuple(temperatures)
+        self.every = every
+        self._last_step = -1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every and _iterations(self.model) % self.every == 0:
+            self._write()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._write()
+
+    def on_train_end(self, logs=None):
+        self.writer.flush()
+
+    def _write(self) -> None:
+        step = _iterations(self.model)
+        if step == self._last_step:  # an epoch that ends on a multiple of `every`
+            return
+        self._last_step = step
+        texts = self.sample(self.temperatures)
+        with self.writer.as_default(step=step):
+            for temperature, text in zip(self.temperatures, texts):
+                self.tf.summary.text(f"temperature_{temperature:g}", _markdown_block(text))
+        self.writer.flush()  # samples are rare and worth seeing at once
+
+
+class HParams(keras.callbacks.Callback):
+    """The run's hyperparameters for TensorBoard's HParams tab, written at train begin.
+
+    The tab pairs them with the validation scalars named in METRICS, which
+    TensorBoardScalars writes under LOG_DIR/validation. Every run declares the same
+    experiment (names and metrics) so any run's declaration describes them all.
+    """
+
+    METRICS = (("best_bits_per_char", "validation"), ("bits_per_char", "validation"),
+               ("loss", "validation"), ("loss", "train"))
+
+    def __init__(self, log_dir: Path, hparams: dict):
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self.names = sorted(hparams)  # declared even when unset (None), so every run declares the same
+        self.hparams = {k: v for k, v in hparams.items() if isinstance(v, (bool, int, float, str))}
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+        from tensorboard.plugins.hparams import api as hp
+
+        metrics = [hp.Metric(tag, group=group, display_name=f"{group}/{tag}") for tag, group in self.METRICS]
+        writer = tf.summary.create_file_writer(str(self.log_dir))
+        with writer.as_default():
+            hp.hparams_config(hparams=[hp.HParam(name) for name in self.names], metrics=metrics)
+            hp.hparams(self.hparams, trial_id=self.log_dir.name)
+        writer.close()
+
+
+class WeightHistograms(keras.callbacks.Callback):
+    """A histogram of every weight tensor per layer under LOG_DIR/weights at epoch ends.
+
+    `current_model()` returns a model with named layers holding the current weights
+    (the trainer itself may wrap them).
+    """
+
+    def __init__(self, log_dir: Path, current_model: Callable[[], keras.Model]):
+        super().__init__()
+        import tensorflow as tf
+
+        self.tf = tf
+        self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "weights"))
+        self.current_model = current_model
+
+    def on_epoch_end(self, epoch, logs=None):
+        with self.writer.as_default(step=_iterations(self.model)):
+            for layer in self.current_model().layers:
+                for weight in layer.weights:  # e.g. lstm_0/lstm_cell/kernel
+                    self.tf.summary.histogram(weight.path, keras.ops.convert_to_numpy(weight))
+        self.writer.flush()

@@ -470,3 +470,33 @@ def restore_variables(variables: list, arrays: dict[str, Any], prefix: str) -> N
         if tuple(arrays[key].shape) != tuple(var.shape):
             raise BundleError(f"resume state {key} has shape {arrays[key].shape}, expected {tuple(var.shape)}")
         var.assign(arrays[key])
+
+
+def bundle_info(path: Path | str) -> dict[str, Any]:
+    """What `textgen info` shows: config, size, training progress and provenance of a bundle.
+
+    Reads config.json only (the weights are not loaded); the parameter count comes from
+    building the network the config describes, so it is exact for any layer type.
+    """
+    import math
+
+    from textgen.model import build_model
+
+    path = Path(path)
+    document = read_config(path)
+    try:
+        config = Config.from_dict(document["config"])
+    except (ConfigError, TypeError) as err:
+        raise BundleError(f"{path}: invalid config.json ({err})") from None
+    state = dict(document.get("state") or {})
+    best = state.get("best_val_loss", state.get("val_loss"))
+    chars_per_token = state.get("chars_per_token") or (1.0 if config.tokenizer.level == "char" else None)
+    best_bits = best / (math.log(2) * chars_per_token) if best is not None and chars_per_token else None
+    return {
+        "path": str(path), "name": config.name, "format_version": document["format_version"],
+        "versions": document.get("versions", {}), "config": config.to_dict(),
+        "parameters": build_model(config.model).count_params(),
+        "vocab_size": config.model.vocab_size, "level": config.tokenizer.level,
+        "epoch": state.get("epoch"), "step": state.get("step"),
+        "best_val_loss": best, "best_val_bits_per_char": best_bits, "corpus": config.corpus,
+    }

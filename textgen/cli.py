@@ -1,4 +1,4 @@
-"""The `textgen` command: train, generate, evaluate.
+"""The `textgen` command: train, generate, evaluate, info, serve.
 
 TensorFlow is imported only after the arguments are parsed, with its start-up log
 lines hidden unless --verbose is given: the terminal belongs to the user. User errors
@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Train a model; the best bundle by validation loss is kept."))
     _add_generate(sub.add_parser("generate", parents=[common], help="generate text from a bundle"))
     _add_evaluate(sub.add_parser("evaluate", parents=[common], help="bits per character of a text"))
+    _add_info(sub.add_parser("info", parents=[common], help="describe a bundle"))
+    _add_serve(sub.add_parser("serve", parents=[common], help="serve a bundle over HTTP with a web page"))
     return parser
 
 
@@ -122,6 +124,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="start from a bundle's weights and tokenizer (fine-tune on a new corpus)")
     g.add_argument("--checkpoint-dir", default="checkpoints", help="bundles go in DIR/NAME (default: %(default)s)")
     g.add_argument("--log-dir", default="runs", help="TensorBoard logs go in DIR/NAME (default: %(default)s)")
+    g.add_argument("--sample-every", type=_positive_int, default=None, metavar="N",
+                   help="also write TensorBoard text samples every N steps (always at epoch ends)")
+    g.add_argument("--no-histograms", dest="histograms", action="store_false",
+                   help="do not write weight histograms at epoch ends")
     p.set_defaults(run=_run_train)
 
 
@@ -161,6 +167,26 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=_run_evaluate)
 
 
+def _add_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(run=_run_info)
+
+
+def _add_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port; 0 picks a free one (default: %(default)s)")
+    p.set_defaults(run=_run_serve)
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 0..65535, not {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -197,7 +223,7 @@ def _non_negative_float(text: str) -> float:
 
 
 _NOT_OPTIONS = {"corpus", "name", "overwrite", "resume", "init_from", "checkpoint_dir", "log_dir",
-                "val_file", "glob", "verbose", "run"}
+                "val_file", "glob", "verbose", "run", "sample_every", "histograms"}
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -206,7 +232,7 @@ def _run_train(args: argparse.Namespace) -> int:
     options = {k: v for k, v in vars(args).items() if k not in _NOT_OPTIONS}
     train(args.corpus, name=args.name, overwrite=args.overwrite, resume=args.resume, init_from=args.init_from,
           checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir, val_file=args.val_file, glob=args.glob,
-          **options)
+          sample_every=args.sample_every, histograms=args.histograms, **options)
     return 0
 
 
@@ -284,19 +310,60 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    from textgen.data import read_text
-    from textgen.evaluate import evaluate_texts
+    from textgen.evaluate import evaluate_files
     from textgen.generate import load
 
     generator = load(args.bundle)
-    texts = [read_text(Path(f), generator.config.tokenizer.encoding) for f in args.files]
-    with tqdm(unit="tok", desc="evaluating", disable=args.json) as bar:
-        score = evaluate_texts(generator, texts, progress=bar.update)
+    paths = [Path(f) for f in args.files]
+    for path in paths:
+        if not path.exists():
+            raise TextgenError(f"{path}: no such file")
+        if not path.is_file():
+            raise TextgenError(f"{path}: not a file")
+    total = sum(p.stat().st_size for p in paths)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="evaluating", disable=args.json) as bar:
+        score = evaluate_files(generator, paths, progress=bar.update)
     if args.json:
         print(json.dumps({k: score.to_dict()[k] for k in ("bits_per_char", "perplexity", "characters", "tokens")}))
     else:
         print(f"{score.bits_per_char:.4f} bits per character, perplexity {score.perplexity:.3f} per token "
               f"({score.characters:,} characters, {score.tokens:,} tokens)")
+    return 0
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from textgen.checkpoint import bundle_info
+
+    info = bundle_info(args.bundle)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    m, t, corpus = info["config"]["model"], info["config"]["train"], info["corpus"]
+    best = "none yet" if info["best_val_loss"] is None else f"{info['best_val_loss']:.4f} nats/token"
+    if info["best_val_bits_per_char"] is not None:
+        best += f" ({info['best_val_bits_per_char']:.3f} bits/char)"
+    files = ", ".join(f"{s['file']} ({s['bytes']:,} bytes, sha256 {s['sha256'][:12]})"
+                      for s in corpus.get("sources", []))
+    lines = [
+        f"bundle       {info['path']}  (name {info['name']!r}, format {info['format_version']})",
+        f"model        {m['layers']}x{m['units']} LSTM, embedding {m['embedding_dim']}, dropout {m['dropout']}, "
+        f"{info['parameters']:,} parameters",
+        f"tokens       {info['level']} level, vocabulary {info['vocab_size']:,}",
+        f"training     step {info['step']}, epoch {info['epoch']}; batch {t['batch_size']} x {t['seq_len']}, "
+        f"learning rate {t['learning_rate']}, seed {t['seed']}",
+        f"best val     {best}",
+        f"corpus       {corpus.get('characters', 0):,} characters from {files or 'unknown files'}"
+        + (f"; validation file {corpus['val_file']}" if corpus.get("val_file") else ""),
+        "versions     " + ", ".join(f"{k} {v}" for k, v in sorted(info["versions"].items())),
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from textgen.serve import serve
+
+    serve(args.bundle, host=args.host, port=args.port)
     return 0
 
 

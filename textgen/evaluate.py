@@ -2,14 +2,19 @@
 
 The text is streamed through the stateful model in chunks, carrying (h, c) from one
 chunk to the next, so every token is predicted from all the text before it, as in
-generation. Bits per character divide the total bits by the characters predicted in
-the original text, so char- and word-level models compare on one scale.
+generation. Files are read block by block, so memory stays flat whatever their size.
+Bits per character divide the total bits by the characters predicted in the original
+text, so char- and word-level models compare on one scale.
 """
 
 from __future__ import annotations
 
+import codecs
 import math
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -17,7 +22,8 @@ from textgen.config import TextgenError
 from textgen.generate import TextGenerator
 from textgen.tokenizer import encode
 
-CHUNK_TOKENS = 1024
+CHUNK_TOKENS = 1024  # tokens per forward call
+READ_BYTES = 1 << 20  # bytes read from a file at a time
 
 
 @dataclass(frozen=True)
@@ -42,31 +48,124 @@ def evaluate_texts(generator: TextGenerator, texts: list[str], progress=None) ->
         texts: the texts to score; each needs at least two tokens.
         progress: optional callable(n_tokens) told how many tokens each chunk scored.
     """
+    return _score([[text] for text in texts], generator, progress)
+
+
+def evaluate_files(generator: TextGenerator, paths: list[Path], progress=None) -> Score:
+    """Score text files (each from a fresh state) as one, reading them block by block.
+
+    Args:
+        generator: a loaded model.
+        paths: the files; each needs at least two tokens.
+        progress: optional callable(n_bytes) told how many bytes of file each block was.
+    """
+    encoding = generator.config.tokenizer.encoding
+    return _score((read_pieces(p, encoding, progress) for p in paths), generator, None)
+
+
+def _score(documents: Iterable[Iterable[str]], generator: TextGenerator, progress) -> Score:
     nats, tokens, chars = 0.0, 0, 0
-    for text in texts:
-        ids = encode(generator.tokenizer, text)
-        if len(ids) < 2:
+    for pieces in documents:
+        scorer = _Scorer(generator, progress)
+        for piece in pieces:
+            scorer.feed(piece)
+        if scorer.tokens < 1:
             raise TextgenError("text to evaluate is too short (needs at least two tokens)")
-        nats += _stream_nats(generator, ids, progress)
-        tokens += len(ids) - 1
-        chars += len(text) - _first_token_chars(generator, text)
-    mean = nats / tokens
-    return Score(nats / max(chars, 1) / math.log(2), math.exp(mean), chars, tokens, nats)
+        nats, tokens, chars = nats + scorer.nats, tokens + scorer.tokens, chars + scorer.chars
+    return Score(nats / max(chars, 1) / math.log(2), math.exp(nats / tokens), chars, tokens, nats)
 
 
-def _stream_nats(generator: TextGenerator, ids: np.ndarray, progress) -> float:
-    """Total negative log-likelihood of ids[1:] given everything before, in nats."""
-    states = generator.zero_states(1)
-    total = 0.0
-    for start in range(0, len(ids) - 1, CHUNK_TOKENS):
-        x = ids[start : start + CHUNK_TOKENS]  # (time,)
-        y = ids[start + 1 : start + 1 + CHUNK_TOKENS][: len(x)]
-        x = x[: len(y)]
-        logits, states = generator.forward(x[None, :], states)  # (1, time, vocab)
-        total -= _log_softmax(logits[0])[np.arange(len(y)), y].sum()
-        if progress:
-            progress(len(y))
-    return float(total)
+class _Scorer:
+    """Running totals over one document fed piece by piece, state carried throughout."""
+
+    def __init__(self, generator: TextGenerator, progress: Callable[[int], None] | None):
+        self.generator, self.progress = generator, progress
+        self.states = generator.zero_states(1)
+        self.last_id: int | None = None  # the previous piece's last token predicts this piece's first
+        self.nats, self.tokens, self.chars = 0.0, 0, 0
+
+    def feed(self, text: str) -> None:
+        ids = encode(self.generator.tokenizer, text)
+        if len(ids) == 0:
+            return
+        if self.last_id is None:
+            self.chars += len(text) - _first_token_chars(self.generator, text)
+        else:
+            self.chars += len(text)
+            ids = np.concatenate([[self.last_id], ids]).astype(np.int32)
+        for start in range(0, len(ids) - 1, CHUNK_TOKENS):
+            x = ids[start : start + CHUNK_TOKENS]  # (time,)
+            y = ids[start + 1 : start + 1 + CHUNK_TOKENS][: len(x)]
+            x = x[: len(y)]
+            logits, self.states = self.generator.forward(x[None, :], self.states)  # (1, time, vocab)
+            self.nats -= float(_log_softmax(logits[0])[np.arange(len(y)), y].sum())
+            self.tokens += len(y)
+            if self.progress:
+                self.progress(len(y))
+        self.last_id = int(ids[-1])
+
+
+def read_pieces(path: Path, encoding: str = "utf-8", progress=None) -> Iterator[str]:
+    """A text file as pieces that end at line (or word) boundaries, read READ_BYTES at a time.
+
+    Same rules as data.read_text (no NUL bytes, BOM dropped, CRLF -> LF), but the whole
+    file is never in memory. Pieces end where a whitespace run starts, so no token is
+    cut in two; the rest is carried into the next piece.
+    """
+    try:
+        decoder = codecs.getincrementaldecoder(encoding)()
+    except LookupError:
+        raise TextgenError(f"unknown encoding {encoding!r}") from None
+    check_nul = not encoding.lower().replace("-", "").startswith("utf16")
+    carry, offset, first = "", 0, True
+    try:
+        with open(path, "rb") as f:
+            while True:
+                block = f.read(READ_BYTES)
+                if check_nul and b"\x00" in block:
+                    raise TextgenError(f"{path}: not a text file (NUL byte at offset {offset + block.index(0):,})")
+                text = carry + _decode(decoder, block, not block, path, encoding, offset)
+                offset += len(block)
+                if progress and block:
+                    progress(len(block))
+                if first:
+                    text, first = text.removeprefix("\ufeff"), False
+                if not block:
+                    break
+                text = text.replace("\r\n", "\n")
+                cut = _cut(text)
+                text, carry = text[:cut], text[cut:]
+                if text:
+                    yield text
+    except OSError as err:
+        raise TextgenError(f"{path}: cannot read ({err.strerror})") from None
+    if offset == 0:
+        raise TextgenError(f"{path}: file is empty")
+    if text:
+        yield text.replace("\r\n", "\n")
+
+
+def _decode(decoder, block: bytes, final: bool, path: Path, encoding: str, offset: int) -> str:
+    pending = len(decoder.getstate()[0])  # bytes of a character split across the last block
+    try:
+        return decoder.decode(block, final=final)
+    except UnicodeDecodeError as err:
+        at = offset - pending + err.start
+        raise TextgenError(f"{path}: not valid {encoding} text (byte offset {at:,}); try --encoding") from None
+
+
+_LAST_SPACE_RUN = re.compile(r"\s+(?=\S*\Z)")
+
+
+def _cut(text: str) -> int:
+    """Where to end a piece: where its last whitespace run starts.
+
+    Word-level tokens never span that point (a whitespace run is one token and a word
+    ends where whitespace starts), and a CR waiting for its LF stays with the next piece.
+    A piece with no whitespace at all is passed on whole so memory stays bounded.
+    """
+    found = _LAST_SPACE_RUN.search(text)
+    return found.start() if found and found.start() > 0 else len(text)
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -83,6 +83,10 @@ class TextGenerator:
         """A generator over a live model (e.g. mid-training), sharing no state with it."""
         return cls(Bundle(Path("."), config, tokenizer, model))
 
+    def refresh_weights(self) -> None:
+        """Snapshot `model`'s weights again (a live model mid-training has moved on)."""
+        self._stepper = LSTMStepper.from_model(self.model)
+
     def zero_states(self, batch: int) -> list[np.ndarray]:
         """Initial (h, c) of every layer for a batch: 2 * layers arrays of (batch, units)."""
         return self._stepper.zero_states(batch)

@@ -39,7 +39,8 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
           resume: bool = False, init_from: str | Path | None = None,
           checkpoint_dir: str | Path = "checkpoints", log_dir: str | Path = "runs",
           val_file: str | None = None, glob: str = "*.txt", callbacks: list | tuple = (),
-          strategy: str = "default", mixed_precision: bool = False, **options: Any) -> Path:
+          strategy: str = "default", mixed_precision: bool = False,
+          sample_every: int | None = None, histograms: bool = True, **options: Any) -> Path:
     """Train a model on `corpus` and return the path of its checkpoint bundle.
 
     Args:
@@ -56,6 +57,8 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
         strategy: "default", "mirrored", "multi-worker" or "auto" (see textgen.distribute);
             --batch-size is the global batch, split across the replicas.
         mixed_precision: compute in bfloat16 (float16 on GPUs), weights stay float32.
+        sample_every: also write TensorBoard text samples every N steps (always at epoch ends).
+        histograms: write per-layer weight histograms at epoch ends.
         **options: any field of TokenizerConfig, ModelConfig or TrainConfig, e.g.
             level="word", units=512, max_minutes=5.
     """
@@ -64,6 +67,8 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
     items = [str(i) for i in ([corpus] if isinstance(corpus, (str, Path)) else corpus)]
     name = name or default_name(items)
     check_name(name)
+    if sample_every is not None and sample_every < 1:
+        raise TextgenError(f"sample_every must be at least 1, not {sample_every}")
     tf_strategy = distribute.make_strategy(strategy)  # before any TensorFlow op (collectives)
     bundle_dir, run_dir = Path(checkpoint_dir) / name, Path(log_dir) / name
     state = start = None
@@ -87,9 +92,10 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
     # temporary folders (saves may hold collectives) and delete them at the end.
     out_bundle, out_run = distribute.output_dir(bundle_dir), distribute.output_dir(run_dir)
     _claim_run(out_bundle, out_run, (overwrite and not resume) or out_bundle != bundle_dir)
+    monitoring = {"sample_every": sample_every, "histograms": histograms}
     try:
         return fit(prepared, out_bundle, out_run, state, start.model if start else None, list(callbacks),
-                   strategy=tf_strategy, mixed_precision=mixed_precision)
+                   monitoring, strategy=tf_strategy, mixed_precision=mixed_precision)
     except Interrupted as stop:
         command = ["python", "train.py", *items, "--name", name, "--resume"]
         for flag, value, default in (("--checkpoint-dir", checkpoint_dir, "checkpoints"),
@@ -197,13 +203,15 @@ def _provenance(corpus: TokenIds, val_file: str | None) -> dict:
 
 
 def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, init_model=None,
-        extra_callbacks: list | None = None, strategy=None, mixed_precision: bool = False) -> Path:
+        extra_callbacks: list | None = None, monitoring: dict | None = None, strategy=None,
+        mixed_precision: bool = False) -> Path:
     """Build, compile and fit the model; the best bundle by validation loss ends in bundle_dir.
 
     Args:
         resume_state: a checkpoint.ResumeState to continue from exactly.
         init_model: a Keras model whose weights start the run (fine-tuning).
         extra_callbacks: more Keras callbacks for model.fit.
+        monitoring: keyword arguments for monitor.monitoring_callbacks (sample_every, histograms).
         strategy: a tf.distribute.Strategy (default: the default one); the trainer is built
             inside its scope and the batch split by rows, one set of streams per replica.
         mixed_precision: per-layer mixed dtype policy (textgen.distribute.mixed_precision_dtype).
@@ -217,6 +225,7 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, 
     from textgen.checkpoint import save_bundle, save_resume_state
     from textgen.generate import TextGenerator
     from textgen.model import CarriedStateModel, build_model, build_stateful_model, copy_weights
+    from textgen.monitor import monitoring_callbacks
 
     cfg, t = prepared.config, prepared.config.train
     strategy = strategy or tf.distribute.get_strategy()
@@ -251,6 +260,7 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, 
         return export
 
     def save(state: dict) -> Path:
+        state = {**state, "chars_per_token": prepared.chars_per_token}  # lets `info` show bits/char
         return save_bundle(bundle_dir, current_model(), prepared.tokenizer, cfg, state)
 
     def sample() -> str:
@@ -269,7 +279,11 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, 
     stop = cb.StopOnSignal(bar.write)
     callbacks = [
         stop, budget, cb.CosineSchedule(budget, t.learning_rate), keras.callbacks.TerminateOnNaN(),
-        cb.TensorBoardScalars(run_dir, tokens_per_step, prepared.chars_per_token), best, resume_writer,
+        cb.TensorBoardScalars(run_dir, tokens_per_step, prepared.chars_per_token,
+                              best_loss=_inf(progress.get("best_val_loss"))),
+        best, resume_writer,
+        *monitoring_callbacks(current_model, prepared.tokenizer, cfg, prepared.train_ids, run_dir,
+                              **(monitoring or {})),
         *(extra_callbacks or []),
     ]
     if chief:  # the other workers train silently
