@@ -28,7 +28,6 @@ POINTs: files-written, previous-kept, weights-renamed, tokenizer-renamed, config
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -41,6 +40,7 @@ from tokenizers import Tokenizer
 
 from textgen import __version__
 from textgen.config import FORMAT_VERSION, Config, ConfigError, TextgenError
+from textgen.corpus_cache import sha256_file
 from textgen.tokenizer import tokenizer_level
 
 CONFIG_FILE = "config.json"
@@ -195,11 +195,7 @@ _hits: dict[tuple[str, str], int] = {}
 def load_bundle(path: Path | str) -> Bundle:
     """Load and verify a bundle; any inconsistency raises BundleError with one clear line."""
     path = Path(path)
-    document = read_config(path)
-    try:
-        config = Config.from_dict(document["config"])
-    except (ConfigError, TypeError) as err:
-        raise BundleError(f"{path}: invalid config.json ({err})") from None
+    document, config = read_document(path)
     if config.model.vocab_size < 2:
         raise BundleError(f"{path}: invalid config.json (model.vocab_size must be at least 2)")
     weights = _pick_file(path, WEIGHTS_FILE, document["files"])
@@ -342,12 +338,13 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def read_document(path: Path, name: str = CONFIG_FILE) -> tuple[dict[str, Any], Config]:
+    """config.json (or resume/state.json) of a folder, and the validated Config in it."""
+    document = read_config(path, name)
+    try:
+        return document, Config.from_dict(document["config"])
+    except (ConfigError, TypeError) as err:
+        raise BundleError(f"{path}: invalid {name} ({err})") from None
 
 
 def write_json_atomic(path: Path, document: Any) -> None:
@@ -446,11 +443,7 @@ def load_resume_state(bundle_dir: Path) -> ResumeState:
     folder = next((bundle_dir / n for n in (RESUME_DIR, ".resume-old") if (bundle_dir / n / STATE_FILE).is_file()), None)
     if folder is None:
         raise BundleError(f"{bundle_dir}: no resume state to continue from ({bundle_dir / RESUME_DIR} is missing)")
-    document = read_config(folder, STATE_FILE)
-    try:
-        config = Config.from_dict(document["config"])
-    except (ConfigError, TypeError) as err:
-        raise BundleError(f"{folder}: invalid {STATE_FILE} ({err})") from None
+    document, config = read_document(folder, STATE_FILE)
     _verify_files(folder, document["files"], (ARRAYS_FILE, TOKENIZER_FILE))
     tokenizer = _load_tokenizer(folder / TOKENIZER_FILE, config)
     try:
@@ -483,11 +476,7 @@ def bundle_info(path: Path | str) -> dict[str, Any]:
     from textgen.model import build_model
 
     path = Path(path)
-    document = read_config(path)
-    try:
-        config = Config.from_dict(document["config"])
-    except (ConfigError, TypeError) as err:
-        raise BundleError(f"{path}: invalid config.json ({err})") from None
+    document, config = read_document(path)
     state = dict(document.get("state") or {})
     best = state.get("best_val_loss", state.get("val_loss"))
     chars_per_token = state.get("chars_per_token") or (1.0 if config.tokenizer.level == "char" else None)

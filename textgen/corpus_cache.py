@@ -185,7 +185,7 @@ def _build(folder: Path, paths: list[Path], val_paths: list[Path], settings: Tok
         for part, (files, recorded) in parts.items():
             counts[part] = _encode_files(files, recorded, tokenizer, settings, work / f"{part}.ids", dtype)
         manifest = {"format": CACHE_FORMAT, "settings": dataclasses.asdict(settings),
-                    "tokenizer_sha256": _sha256_file(tokenizer_file), "dtype": np.dtype(dtype).name,
+                    "tokenizer_sha256": sha256_file(tokenizer_file), "dtype": np.dtype(dtype).name,
                     "sources": sources, "val_sources": val_sources,
                     "tokens": {p: c[0] for p, c in counts.items()},
                     "characters": {p: c[1] for p, c in counts.items()}}
@@ -268,7 +268,7 @@ def _load_if_fresh(folder: Path, paths: list[Path], val_paths: list[Path]) -> To
             return None
         if not (_same_files(manifest["sources"], paths) and _same_files(manifest["val_sources"], val_paths)):
             return None
-        if _sha256_file(folder / "tokenizer.json") != manifest["tokenizer_sha256"]:
+        if sha256_file(folder / "tokenizer.json") != manifest["tokenizer_sha256"]:
             return None
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         dtype = np.dtype(manifest["dtype"])
@@ -297,7 +297,7 @@ def _same_files(recorded: list[dict], paths: list[Path]) -> bool:
             return False
         # Like git and make: an unchanged mtime means unchanged contents; a touched file is
         # re-hashed, so only a real change of contents rebuilds.
-        if now["mtime_ns"] != record["mtime_ns"] and _sha256_file(path) != record["sha256"]:
+        if now["mtime_ns"] != record["mtime_ns"] and sha256_file(path) != record["sha256"]:
             return False
     return True
 
@@ -319,10 +319,11 @@ def _stat(path: Path) -> dict:
 
 
 def _hashed(path: Path) -> dict:
-    return _stat(path) | {"sha256": _sha256_file(path)}
+    return _stat(path) | {"sha256": sha256_file(path)}
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read 1 MiB at a time."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
