@@ -263,9 +263,12 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, 
         state = {**state, "chars_per_token": prepared.chars_per_token}  # lets `info` show bits/char
         return save_bundle(bundle_dir, current_model(), prepared.tokenizer, cfg, state)
 
+    printer = TextGenerator.from_model(export, prepared.tokenizer, cfg)  # built once, refreshed per sample
+
     def sample() -> str:
-        generator = TextGenerator.from_model(current_model(), prepared.tokenizer, cfg)
-        return generator.generate(length=200, temperature=0.8, seed=t.seed)
+        current_model()
+        printer.refresh_weights()
+        return printer.generate(length=200, temperature=0.8, seed=t.seed)
 
     planned = t.epochs * layout.steps
     bar = cb.ProgressBar(min(planned, t.max_steps or planned), tokens_per_step, initial=first_step)
