@@ -379,3 +379,33 @@ def _quiet_tensorflow(verbose: bool) -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="keras")
     warnings.filterwarnings("ignore", module="tensorflow")
+    _import_with_stderr_hidden("tensorflow")
+
+
+def _import_with_stderr_hidden(module: str) -> None:
+    """Import `module` with file descriptor 2 pointed at a temporary file.
+
+    TensorFlow's C++ runtime logs through absl before it reads TF_CPP_MIN_LOG_LEVEL
+    (e.g. "oneDNN custom operations are on", on CPUs with AVX-512), so only the
+    descriptor can hide those lines. If the import fails, what it wrote is replayed.
+    """
+    if module in sys.modules:
+        return
+    import importlib
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        try:
+            os.dup2(captured.fileno(), 2)
+            try:
+                importlib.import_module(module)
+            finally:
+                os.dup2(saved, 2)
+        except BaseException:
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.close(saved)
