@@ -108,6 +108,44 @@ def test_two_workers_train_through_the_cli_on_loopback_and_the_chief_bundle_gene
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ctrl_c_on_one_worker_stops_every_worker_at_the_same_step(tmp_path):
+    # Each worker sees only its own signals and clock; one leaving the loop alone would
+    # leave the other waiting forever in the next all-reduce.
+    corpus = make_corpus(tmp_path)
+    command = [sys.executable, "-m", "textgen", "train", str(corpus), "--strategy", "multi-worker",
+               "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "runs"),
+               "--max-steps", "1000000", *(f"--{k.replace('_', '-')}={v}" for k, v in TINY.items())]
+    for attempt in range(2):  # a port taken between choosing and binding: retry once
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+        procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  start_new_session=True,
+                                  env=child_env(PYTHONPATH=str(RUN.parents[1]), TF_CONFIG=json.dumps(
+                                      {"cluster": cluster, "task": {"type": "worker", "index": i}})))
+                 for i in range(2)]
+        try:
+            seen = []
+            for line in procs[1].stdout:  # the non-chief worker's "ready" line
+                seen.append(line)
+                if "First step done" in line:
+                    procs[1].send_signal(signal.SIGINT)
+                    break
+            outputs = [p.communicate(timeout=120)[0] for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+        outputs[1] = "".join(seen) + outputs[1]
+        if attempt or "ddress already in use" not in "".join(outputs):
+            break
+    assert procs[1].returncode == 130, outputs[1][-3000:]
+    assert procs[0].returncode == 0 and "Stopped: another worker stopped." in outputs[0], outputs[0][-3000:]
+    resume = load_resume_state(tmp_path / "ck" / "corpus")  # the chief kept the work
+    assert 1 <= int(resume.progress["step"]) < 1000000
+
+
 def test_keras_still_has_the_two_multi_worker_steps_we_override():
     # MultiWorkerFix works around these two; when a Keras upgrade changes them, re-check
     # keras issue 20585 and the mixin, then move the pin in pyproject.toml.

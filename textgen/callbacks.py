@@ -157,16 +157,25 @@ class Budget(keras.callbacks.Callback):
     the second step on (the first one includes graph tracing), and the validation
     time is the last measured pass (estimated from the step time before the first).
     Without either limit, progress is measured against `planned_steps`.
+
+    Args:
+        agree: for multi-worker training, a function returning the mean over workers of a
+            small float vector (textgen.distribute.worker_mean). Every worker then sees the
+            same clock (so the same learning rate) and stops at the same step, also when
+            only one of them was interrupted: one leaving alone would leave the others
+            waiting forever in the next step's all-reduce.
     """
 
     def __init__(self, max_steps: int | None, max_minutes: float | None, planned_steps: int,
-                 val_batches: int):
+                 val_batches: int, agree: Callable[[list[float]], list[float]] | None = None):
         super().__init__()
         self.max_steps = max_steps
         self.seconds = None if max_minutes is None else max_minutes * 60
         self.planned_steps = planned_steps
         self.val_batches = val_batches
+        self.agree = agree
         self.start: float | None = None  # the first step's start (a resumed run's clock starts again)
+        self.elapsed = 0.0  # seconds since `start` at the last step's end (the workers' mean)
         self.steps_done = 0  # steps after the first, in this process
         self.step_seconds = 0.0  # their total time, validation excluded
         self.validation_seconds: float | None = None
@@ -176,8 +185,8 @@ class Budget(keras.callbacks.Callback):
         """Fraction of the budget used, in [0, 1]: the larger of steps and time."""
         step = _iterations(self.model)
         fractions = [step / (self.max_steps or self.planned_steps)]
-        if self.seconds is not None and self.start is not None:
-            fractions.append((time.perf_counter() - self.start) / self.seconds)
+        if self.seconds is not None:
+            fractions.append(self.elapsed / self.seconds)
         return min(1.0, max(fractions))
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -193,23 +202,41 @@ class Budget(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         now = time.perf_counter()
-        if now > self.start and self._batch_start > self.start:  # not the first step
+        if self._batch_start > self.start:  # not the first step
             self.steps_done += 1
             self.step_seconds += now - self._batch_start
+        step = self.step_seconds / self.steps_done if self.steps_done else None
+        self.elapsed, step, validation, stopping = self._agreed(
+            now - self.start, step, self.validation_seconds, self.model.stop_training)
         if self.max_steps is not None and _iterations(self.model) >= self.max_steps:
             self._stop(f"reached --max-steps {self.max_steps:,}")
-        elif self.seconds is not None and self._out_of_time(now - self.start):
+        elif self.seconds is not None and self._out_of_time(step, validation):
             self._stop(f"reached --max-minutes {self.seconds / 60:g}")
+        elif stopping and not self.model.stop_training:
+            self._stop("another worker stopped")
 
-    def _out_of_time(self, elapsed: float) -> bool:
+    def on_epoch_end(self, epoch, logs=None):
+        *_, stopping = self._agreed(self.elapsed, None, None, self.model.stop_training)
+        if stopping and not self.model.stop_training:  # e.g. a signal during validation
+            self._stop("another worker stopped")
+
+    def _agreed(self, elapsed: float, step: float | None, validation: float | None, stopping: bool) -> tuple:
+        """The workers' mean elapsed time, step time and validation time, and whether any stops."""
+        if self.agree is None:
+            return elapsed, step, validation, stopping
+        # -1 stands for "not measured yet"; every worker measures its first step at the same step.
+        mean = self.agree([elapsed, -1.0 if step is None else step,
+                           -1.0 if validation is None else validation, float(stopping)])
+        return (float(mean[0]), None if mean[1] < 0 else float(mean[1]),
+                None if mean[2] < 0 else float(mean[2]), bool(mean[3] > 0))
+
+    def _out_of_time(self, step: float | None, validation: float | None) -> bool:
         """Whether one more step and a final validation would overrun the budget."""
-        if not self.steps_done:
-            return elapsed >= self.seconds
-        step = self.step_seconds / self.steps_done
-        validation = self.validation_seconds
+        if step is None:
+            return self.elapsed >= self.seconds
         if validation is None:
             validation = self.val_batches * step / 3  # forward only: ~1/3 of a step
-        return elapsed + step + validation >= self.seconds
+        return self.elapsed + step + validation >= self.seconds
 
     def _stop(self, reason: str) -> None:
         self.reason = reason
@@ -390,9 +417,9 @@ class StopOnSignal(keras.callbacks.Callback):
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:  # the second signal: the user insists
             raise KeyboardInterrupt
+        # Only noted here: training stops at the next step boundary, where the callbacks
+        # after this one (Budget's agreement between workers) still see it in time.
         self.signum = signum
-        if self.model is not None:
-            self.model.stop_training = True
 
     def on_train_batch_end(self, batch, logs=None):
         if not self._announced:  # also the "ready" line that tests wait for before signalling

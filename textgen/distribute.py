@@ -7,6 +7,7 @@
 - `output_dir(path, strategy)`: the chief writes bundles and logs to `path`; every other
   worker writes to a temporary folder beside it, as TensorFlow's multi-worker guide
   prescribes (all workers must run the saving code, which may hold collectives).
+- `worker_mean(strategy)`: lets callbacks agree across workers (same clock, same stop step).
 - `MultiWorkerFix`: a mixin for `keras.Model` subclasses that makes `model.fit` work under
   MultiWorkerMirroredStrategy (see its docstring).
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 from textgen.config import TextgenError
 
@@ -103,6 +105,27 @@ def output_dir(path: Path, task: tuple[str, int] | None = None) -> Path:
     kind, index = task
     path = Path(path)
     return path.parent / f".workertemp_{kind}_{index}" / path.name
+
+
+def worker_mean(strategy) -> Callable[[list[float]], list[float]] | None:
+    """For multi-worker training, a function averaging a small vector over every replica.
+
+    Callbacks decide on their own clock and signals; what changes the training (the
+    learning rate, stopping) must be the same on every worker, so they average their
+    measurements with one collective before deciding. None for other strategies: one
+    process decides alone. Every worker must call the function at the same points.
+    """
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return None
+
+    def mean(values: list[float]) -> list[float]:
+        local = tf.constant(values, tf.float32)
+        per_replica = strategy.run(lambda: tf.identity(local))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None).numpy().tolist()
+
+    return mean
 
 
 def mixed_precision_dtype(device_kind: str) -> str:

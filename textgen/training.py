@@ -272,7 +272,8 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, 
 
     planned = t.epochs * layout.steps
     bar = cb.ProgressBar(min(planned, t.max_steps or planned), tokens_per_step, initial=first_step)
-    budget = cb.Budget(t.max_steps, t.max_minutes, planned, val_batches=val_layout.steps)
+    budget = cb.Budget(t.max_steps, t.max_minutes, planned, val_batches=val_layout.steps,
+                       agree=distribute.worker_mean(strategy))
     best = cb.BestBundle(save, t.patience, _inf(progress.get("best_val_loss")), progress.get("wait", 0),
                          progress.get("epoch", 0))
     resume_writer = cb.ResumeCheckpoint(
