@@ -367,10 +367,6 @@ class StopOnSignal(keras.callbacks.Callback):
     the callbacks' on_train_end, so BestBundle keeps the best model, or the current one
     if no validation ran. A second signal gives up at once (KeyboardInterrupt).
 
-    Hook for resume code: every callable in `on_interrupt` is called with the signal
-    number right after the interrupted step, before validation, while the model,
-    optimizer and data position are exactly at that step boundary.
-
     Hand-written because Keras has no signal handling of its own: Python's default
     raises KeyboardInterrupt wherever the main thread happens to be, mid-step or mid-save.
     """
@@ -380,7 +376,6 @@ class StopOnSignal(keras.callbacks.Callback):
     def __init__(self, report: Callable[[str], None] = print):
         super().__init__()
         self.report = report
-        self.on_interrupt: list[Callable[[int], None]] = []
         self.signum: int | None = None  # the signal that stopped training, if any
         self.step: int | None = None  # the optimizer step it stopped after
         self._previous: dict[int, object] = {}
@@ -439,8 +434,6 @@ class StopOnSignal(keras.callbacks.Callback):
         if self.signum is not None and self.step is None:
             self.model.stop_training = True
             self.step = _iterations(self.model)
-            for hook in self.on_interrupt:
-                hook(self.signum)
 
 
 def _markdown_block(text: str) -> str:
