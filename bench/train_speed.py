@@ -18,7 +18,7 @@ On a machine shared with other work, wall-clock ratios mostly measure the
 other work (PyTorch's OpenMP threads suffer most from oversubscription);
 `--threads 1 --clock cpu` compares per-core efficiency robustly instead.
 
-Writes bench/results/train_speed-<size>.json.
+Writes bench/results/train_speed-<size>.json (train_speed-<size>-jit.json with --jit).
 """
 
 import argparse
@@ -273,7 +273,7 @@ def main():
             command=" ".join(["python"] + sys.argv),
         )
         os.makedirs(RESULTS_DIR, exist_ok=True)
-        path = os.path.join(RESULTS_DIR, f"train_speed-{size}.json")
+        path = os.path.join(RESULTS_DIR, f"train_speed-{size}{'-jit' if args.jit else ''}.json")
         with open(path, "w") as f:
             json.dump(result, f, indent=2)
         print(f"  wrote {path}")
