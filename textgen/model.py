@@ -72,6 +72,31 @@ def build_stateful_model(cfg: ModelConfig, *, dropout: bool = False, dtype=None)
     return keras.Model([tokens, *states_in], [logits, *states_out], name="textgen_lstm_stateful")
 
 
+class ReplicaRows:
+    """A sync-on-read carried-state variable seen whole: its replicas' copies stacked by rows.
+
+    Row block r is replica r's streams (the batch is split by rows), so the array has the
+    layout one device would have. Offers what saving and restoring use: shape, numpy(),
+    assign(). Hand-written because tf.distribute reads such a variable as one replica's copy.
+    """
+
+    def __init__(self, var: keras.Variable, strategy):
+        self.var, self.strategy = var, strategy
+        per = tuple(var.shape)  # one replica's (batch, units)
+        self.shape = (per[0] * strategy.num_replicas_in_sync, *per[1:])
+
+    def numpy(self):
+        import numpy as np
+
+        return np.concatenate([t.numpy() for t in self.strategy.experimental_local_results(self.var.value)])
+
+    def assign(self, array) -> None:
+        import numpy as np
+
+        for copy, rows in zip(self.var.value.values, np.split(np.asarray(array), len(self.var.value.values))):
+            copy.assign(rows)
+
+
 class CarriedStateModel(MultiWorkerFix, keras.Model):
     """Truncated backpropagation through time over B contiguous streams.
 
@@ -110,10 +135,16 @@ class CarriedStateModel(MultiWorkerFix, keras.Model):
     def state_variables(self) -> list:
         """Everything a resumed run must restore: carried states, weights, dropout seeds.
 
-        With several replicas the carried states are left out (a save sees only the
-        first replica's): a resumed run restarts its streams from a zero state.
+        With several replicas in this process (MirroredStrategy) each carried state is
+        seen whole, every replica's rows in replica order. Under multi-worker training
+        the other workers' rows are out of reach, so the carried states are left out
+        there: a resumed run restarts its streams from a zero state.
         """
-        carry = [*self.train_carry, *self.val_carry] if self.distribute_strategy.num_replicas_in_sync == 1 else []
+        strategy = self.distribute_strategy
+        carry = [*self.train_carry, *self.val_carry]
+        if strategy.num_replicas_in_sync > 1:
+            local = len(strategy.experimental_local_results(carry[0].value))
+            carry = [ReplicaRows(var, strategy) for var in carry] if local == strategy.num_replicas_in_sync else []
         return [*carry, *self.net.variables]
 
     def call(self, tokens, training=False):
