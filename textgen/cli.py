@@ -349,7 +349,7 @@ def _run_info(args: argparse.Namespace) -> int:
         f"model        {m['layers']}x{m['units']} LSTM, embedding {m['embedding_dim']}, dropout {m['dropout']}, "
         f"{info['parameters']:,} parameters",
         f"tokens       {info['level']} level, vocabulary {info['vocab_size']:,}",
-        f"training     step {info['step']}, epoch {info['epoch']}; batch {t['batch_size']} x {t['seq_len']}, "
+        f"training     step {_count(info['step'])}, epoch {_count(info['epoch'])}; batch {t['batch_size']} x {t['seq_len']}, "
         f"learning rate {t['learning_rate']}, seed {t['seed']}",
         f"best val     {best}",
         f"corpus       {corpus.get('characters', 0):,} characters from {files or 'unknown files'}"
@@ -358,6 +358,11 @@ def _run_info(args: argparse.Namespace) -> int:
     ]
     print("\n".join(lines))
     return 0
+
+
+def _count(value: Any) -> str:
+    """1,808 for a count; None (an old bundle without it) as is."""
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
