@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from textgen.config import TextgenError, TokenizerConfig
-from textgen.corpus_cache import id_dtype, stream_text, token_ids
+from textgen.corpus_cache import _build, id_dtype, stream_text, token_ids
 from textgen.data import read_text, resolve_paths
 from textgen.tokenizer import DOC, build_tokenizer, encode
 
@@ -64,6 +64,19 @@ def test_cache_is_reused_when_unchanged_and_rebuilt_when_a_file_changes(tmp_path
     changed = token_ids([a], [], settings, root=root)
     assert not changed.reused and "W" in changed.tokenizer.get_vocab()
     assert token_ids([a], [], TokenizerConfig(level="word"), root=root).folder != changed.folder
+
+
+def test_a_build_finishing_second_leaves_the_first_fresh_cache_in_place(tmp_path):
+    # Two workers on one machine build the same cache at once; the one finishing second
+    # must not delete the folder the first is already reading.
+    a = write(tmp_path / "a.txt", TEXT)
+    settings, root = TokenizerConfig(level="char"), tmp_path / "cache"
+    first = token_ids([a], [], settings, root=root)
+    ids = first.folder / "train.ids"
+    inode = ids.stat().st_ino
+    _build(first.folder, [a.resolve()], [], settings, None)  # the slower worker's build ends
+    assert ids.stat().st_ino == inode and not list(root.glob(".*"))  # kept; its own work removed
+    assert token_ids([a], [], settings, root=root).reused
 
 
 def test_folder_glob_walks_subfolders_in_sorted_order(tmp_path):

@@ -84,8 +84,8 @@ def test_two_workers_train_through_the_cli_on_loopback_and_the_chief_bundle_gene
     corpus = make_corpus(tmp_path)
     command = [sys.executable, "-m", "textgen", "train", str(corpus), "--strategy", "multi-worker",
                "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "runs"), "--max-steps", "6",
-               *(f"--{k.replace('_', '-')}={v}" for k, v in TINY.items())]
-    for attempt in range(2):  # a port taken between choosing and binding: retry once
+               "--overwrite", *(f"--{k.replace('_', '-')}={v}" for k, v in TINY.items())]
+    for attempt in range(2):  # a port taken between choosing and binding: retry once (--overwrite)
         cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
         runs = [(command, child_env(PYTHONPATH=str(RUN.parents[1]), TF_CONFIG=json.dumps(
                     {"cluster": cluster, "task": {"type": "worker", "index": i}}))) for i in range(2)]
@@ -116,8 +116,8 @@ def test_ctrl_c_on_one_worker_stops_every_worker_at_the_same_step(tmp_path):
     corpus = make_corpus(tmp_path)
     command = [sys.executable, "-m", "textgen", "train", str(corpus), "--strategy", "multi-worker",
                "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "runs"),
-               "--max-steps", "1000000", *(f"--{k.replace('_', '-')}={v}" for k, v in TINY.items())]
-    for attempt in range(2):  # a port taken between choosing and binding: retry once
+               "--max-steps", "1000000", "--overwrite", *(f"--{k.replace('_', '-')}={v}" for k, v in TINY.items())]
+    for attempt in range(2):  # a port taken between choosing and binding: retry once (--overwrite)
         cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
         procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   start_new_session=True,
@@ -140,7 +140,7 @@ def test_ctrl_c_on_one_worker_stops_every_worker_at_the_same_step(tmp_path):
         outputs[1] = "".join(seen) + outputs[1]
         if attempt or "ddress already in use" not in "".join(outputs):
             break
-    assert procs[1].returncode == 130, outputs[1][-3000:]
+    assert procs[1].returncode == 130, outputs[1][-3000:] + "\n--- chief ---\n" + outputs[0][-3000:]
     assert procs[0].returncode == 0 and "Stopped: another worker stopped." in outputs[0], outputs[0][-3000:]
     resume = load_resume_state(tmp_path / "ck" / "corpus")  # the chief kept the work
     assert 1 <= int(resume.progress["step"]) < 1000000

@@ -191,6 +191,8 @@ def _build(folder: Path, paths: list[Path], val_paths: list[Path], settings: Tok
                     "characters": {p: c[1] for p, c in counts.items()}}
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if folder.exists():
+            if _load_if_fresh(folder, paths, val_paths) is not None:
+                return  # another process (a second worker) built it meanwhile: never pull it from under them
             shutil.rmtree(folder)  # stale: a source changed
         try:
             os.replace(work, folder)
