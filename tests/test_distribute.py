@@ -28,18 +28,35 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def start_group(commands: list[tuple[list[str], dict]]) -> list[subprocess.Popen]:
+    """Start processes, each in its own process group, stdout and stderr merged."""
+    return [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True) for cmd, env in commands]
+
+
+def kill_group(procs: list[subprocess.Popen]) -> None:
+    """Kill the whole process group of every process still running."""
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
 def run_group(commands: list[tuple[list[str], dict]], timeout: float) -> list[subprocess.CompletedProcess]:
     """Run processes together; on timeout or failure kill each one's whole process group."""
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True) for cmd, env in commands]
+    procs = start_group(commands)
     try:
         outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        kill_group(procs)
     return [subprocess.CompletedProcess(p.args, p.returncode, out) for p, out in zip(procs, outputs)]
+
+
+def two_workers(command: list[str]) -> list[tuple[list[str], dict]]:
+    """`command` for worker 0 (the chief) and worker 1 of a loopback cluster on free ports."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+    return [(command, child_env(PYTHONPATH=str(RUN.parents[1]), TF_CONFIG=json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": i}}))) for i in range(2)]
 
 
 def child_env(**extra) -> dict:
@@ -86,10 +103,7 @@ def test_two_workers_train_through_the_cli_on_loopback_and_the_chief_bundle_gene
                "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "runs"), "--max-steps", "6",
                "--overwrite", *(f"--{k.replace('_', '-')}={v}" for k, v in TINY.items())]
     for attempt in range(2):  # a port taken between choosing and binding: retry once (--overwrite)
-        cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-        runs = [(command, child_env(PYTHONPATH=str(RUN.parents[1]), TF_CONFIG=json.dumps(
-                    {"cluster": cluster, "task": {"type": "worker", "index": i}}))) for i in range(2)]
-        done = run_group(runs, timeout=240)
+        done = run_group(two_workers(command), timeout=240)
         if all(d.returncode == 0 for d in done) or attempt or "ddress already in use" not in "".join(d.stdout for d in done):
             break
     for d in done:
@@ -118,12 +132,7 @@ def test_ctrl_c_on_one_worker_stops_every_worker_at_the_same_step(tmp_path):
                "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "runs"),
                "--max-steps", "1000000", "--overwrite", *(f"--{k.replace('_', '-')}={v}" for k, v in TINY.items())]
     for attempt in range(2):  # a port taken between choosing and binding: retry once (--overwrite)
-        cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-        procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  start_new_session=True,
-                                  env=child_env(PYTHONPATH=str(RUN.parents[1]), TF_CONFIG=json.dumps(
-                                      {"cluster": cluster, "task": {"type": "worker", "index": i}})))
-                 for i in range(2)]
+        procs = start_group(two_workers(command))
         try:
             seen = []
             for line in procs[1].stdout:  # the non-chief worker's "ready" line
@@ -133,10 +142,7 @@ def test_ctrl_c_on_one_worker_stops_every_worker_at_the_same_step(tmp_path):
                     break
             outputs = [p.communicate(timeout=120)[0] for p in procs]
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait()
+            kill_group(procs)
         outputs[1] = "".join(seen) + outputs[1]
         if attempt or "ddress already in use" not in "".join(outputs):
             break

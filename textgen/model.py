@@ -81,20 +81,25 @@ class ReplicaRows:
     """
 
     def __init__(self, var: keras.Variable, strategy):
-        self.var, self.strategy = var, strategy
+        self.copies = local_copies(var, strategy)  # one variable per replica of this process
         per = tuple(var.shape)  # one replica's (batch, units)
-        self.shape = (per[0] * strategy.num_replicas_in_sync, *per[1:])
+        self.shape = (per[0] * len(self.copies), *per[1:])
 
     def numpy(self):
         import numpy as np
 
-        return np.concatenate([t.numpy() for t in self.strategy.experimental_local_results(self.var.value)])
+        return np.concatenate([copy.numpy() for copy in self.copies])
 
     def assign(self, array) -> None:
         import numpy as np
 
-        for copy, rows in zip(self.var.value.values, np.split(np.asarray(array), len(self.var.value.values))):
+        for copy, rows in zip(self.copies, np.split(np.asarray(array), len(self.copies))):
             copy.assign(rows)
+
+
+def local_copies(var: keras.Variable, strategy) -> tuple:
+    """The per-replica copies of a distributed Keras variable held by this process."""
+    return tuple(strategy.experimental_local_results(var.value))
 
 
 class CarriedStateModel(MultiWorkerFix, keras.Model):
@@ -143,8 +148,8 @@ class CarriedStateModel(MultiWorkerFix, keras.Model):
         strategy = self.distribute_strategy
         carry = [*self.train_carry, *self.val_carry]
         if strategy.num_replicas_in_sync > 1:
-            local = len(strategy.experimental_local_results(carry[0].value))
-            carry = [ReplicaRows(var, strategy) for var in carry] if local == strategy.num_replicas_in_sync else []
+            every_replica_here = len(local_copies(carry[0], strategy)) == strategy.num_replicas_in_sync
+            carry = [ReplicaRows(var, strategy) for var in carry] if every_replica_here else []
         return [*carry, *self.net.variables]
 
     def call(self, tokens, training=False):
