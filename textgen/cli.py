@@ -187,9 +187,14 @@ def _non_negative_float(text: str) -> float:
 def _run_train(args: argparse.Namespace) -> int:
     from textgen.training import train
 
-    names = {option.name for option in train_options()}
-    train(args.corpus, **{k: v for k, v in vars(args).items() if k in names})
+    train(args.corpus, **train_keywords(args))
     return 0
+
+
+def train_keywords(args: argparse.Namespace) -> dict[str, Any]:
+    """The train options typed on the command line, as `textgen.train` keywords."""
+    names = {option.name for option in train_options()}
+    return {key: value for key, value in vars(args).items() if key in names}
 
 
 def _run_generate(args: argparse.Namespace) -> int:
