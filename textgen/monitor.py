@@ -31,6 +31,29 @@ SAMPLE_LENGTH = 200  # tokens per sample: a few lines, enough to see form and sp
 PRIME_TOKENS = 64  # TensorBoard's prime is the corpus's first line, cut to at most this many tokens
 
 
+class LiveSampler:
+    """Text from the weights as they are at a step: one generator over the plain model,
+    shared by the terminal's and TensorBoard's samples.
+
+    `current_model()` copies the trainer's weights into the plain tokens -> logits model
+    and returns it; the generator snapshots them again once per step it samples at.
+    """
+
+    def __init__(self, current_model: Callable[[], Any], tokenizer, config: Config):
+        self.current_model = current_model
+        self.generator = TextGenerator.from_model(current_model(), tokenizer, config)
+        self.seed = config.train.seed
+        self._step: int | None = None  # the step whose weights the generator holds
+
+    def sample(self, step: int, temperature: float, prime: str = "") -> str:
+        """SAMPLE_LENGTH tokens after `prime` from the weights at `step`, with the run's seed."""
+        if step != self._step:
+            self.current_model()
+            self.generator.refresh_weights()
+            self._step = step
+        return self.generator.generate(prime, length=SAMPLE_LENGTH, temperature=temperature, seed=self.seed)
+
+
 class BatchLosses:
     """Recover each batch's own loss from Keras' running mean over the epoch.
 
@@ -98,7 +121,7 @@ class SamplePrinter(keras.callbacks.Callback):
         bits_scale: factor from nats/token to bits/char.
     """
 
-    def __init__(self, report: Callable[[str], None], sampler: "LiveSampler", bits_scale: float):
+    def __init__(self, report: Callable[[str], None], sampler: LiveSampler, bits_scale: float):
         super().__init__()
         self.report = report
         self.sampler = sampler
@@ -111,29 +134,6 @@ class SamplePrinter(keras.callbacks.Callback):
         val, step = float(logs["val_loss"]), iterations(self.model)
         self.report(f"epoch {epoch + 1}  step {step:,}  val loss {val:.4f} ({val * self.bits_scale:.3f} bits/char)")
         self.report("  " + self.sampler.sample(step, PRINTED_TEMPERATURE).replace("\n", "\n  "))
-
-
-class LiveSampler:
-    """Text from the weights as they are at a step: one generator over the plain model,
-    shared by the terminal's and TensorBoard's samples.
-
-    `current_model()` copies the trainer's weights into the plain tokens -> logits model
-    and returns it; the generator snapshots them again once per step it samples at.
-    """
-
-    def __init__(self, current_model: Callable[[], Any], tokenizer, config: Config):
-        self.current_model = current_model
-        self.generator = TextGenerator.from_model(current_model(), tokenizer, config)
-        self.seed = config.train.seed
-        self._step: int | None = None  # the step whose weights the generator holds
-
-    def sample(self, step: int, temperature: float, prime: str = "") -> str:
-        """SAMPLE_LENGTH tokens after `prime` from the weights at `step`, with the run's seed."""
-        if step != self._step:
-            self.current_model()
-            self.generator.refresh_weights()
-            self._step = step
-        return self.generator.generate(prime, length=SAMPLE_LENGTH, temperature=temperature, seed=self.seed)
 
 
 def tensorboard_callbacks(run_dir: Path, sampler: LiveSampler, config: Config, prime: str, *,
@@ -251,7 +251,7 @@ class TextSamples(keras.callbacks.Callback):
     (the corpus's first line) with the run's seed, one per temperature.
     """
 
-    def __init__(self, log_dir: Path, sampler: "LiveSampler", prime: str,
+    def __init__(self, log_dir: Path, sampler: LiveSampler, prime: str,
                  temperatures: tuple = SAMPLE_TEMPERATURES, every: int | None = None):
         super().__init__()
         import tensorflow as tf

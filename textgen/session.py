@@ -35,6 +35,11 @@ class Prepared:
     val_ids: np.ndarray
     chars_per_token: float  # for bits per character from nats per token
 
+    @property
+    def bits_scale(self) -> float:
+        """The factor from a loss in nats per token to bits per character."""
+        return 1.0 / (math.log(2) * self.chars_per_token)
+
 
 @dataclass
 class Session:

@@ -74,11 +74,11 @@ def _start(items: list[str], name: str, run: RunConfig, options: dict[str, Any],
             f"{bundle_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
             f"or choose another --name"
         )
-    if not run.init_from:
-        return prepare(items, run.val_file, config_from_options(**options).replace(name=name), None, run.glob), None, None
-    start = load_bundle(run.init_from)
-    config = fine_tune_config(start.config, options).replace(name=name)
-    return prepare(items, run.val_file, config, start.tokenizer, run.glob), None, start.model
+    config, tokenizer, init_model = config_from_options(**options), None, None
+    if run.init_from:
+        start = load_bundle(run.init_from)
+        config, tokenizer, init_model = fine_tune_config(start.config, options), start.tokenizer, start.model
+    return prepare(items, run.val_file, config.replace(name=name), tokenizer, run.glob), None, init_model
 
 
 def _resume_command(items: list[str], name: str, run: RunConfig) -> str:
@@ -196,7 +196,8 @@ class Callbacks:
     best: cb.BestBundle
 
 
-def build_callbacks(session: Session, run_dir: Path, run: RunConfig, strategy, extra: list | tuple = ()) -> Callbacks:
+def build_callbacks(session: Session, run_dir: Path, run: RunConfig, strategy,
+                    extra: list | tuple = ()) -> Callbacks:
     """Control (signals, budget, schedule, NaN, best bundle, resume state), then TensorBoard,
     then `extra`; on the chief, the progress bar first and the sample printer last."""
     p, t = session.prepared, session.prepared.config.train
@@ -217,12 +218,12 @@ def build_callbacks(session: Session, run_dir: Path, run: RunConfig, strategy, e
         histograms=run.histograms)
     found = [*control, *tensorboard, *extra]
     if distribute.is_chief():  # the other workers train silently
-        found = [bar, *found, monitor.SamplePrinter(bar.write, sampler, 1.0 / (math.log(2) * p.chars_per_token))]
+        found = [bar, *found, monitor.SamplePrinter(bar.write, sampler, p.bits_scale)]
     return Callbacks(found, stop, budget, best)
 
 
 def _report(history, callbacks: Callbacks, session: Session) -> None:
-    """Refuse a non-finite loss, raise Interrupted after a signal, else say why training stopped and where the bundle is."""
+    """Refuse a non-finite loss; raise Interrupted after a signal; else say why training stopped."""
     best, stop = callbacks.best, callbacks.stop
     _check_finite(history, best)
     if stop.interrupted:
@@ -231,10 +232,11 @@ def _report(history, callbacks: Callbacks, session: Session) -> None:
     for reason in (callbacks.budget.reason, "no improvement for --patience validations" if best.stopped_early else ""):
         if reason:
             print(f"Stopped: {reason}.")
-    _summarize(best, session.prepared.chars_per_token, session.bundle_dir)
+    _summarize(best, session.prepared.bits_scale, session.bundle_dir)
 
 
 def _announce(session: Session, run_dir: Path) -> None:
+    """The header lines: corpus, model and where the bundle and logs go."""
     p, layout = session.prepared, session.layout
     cfg = p.config
     print(
@@ -260,8 +262,7 @@ def _check_finite(history, best) -> None:
                            f"--learning-rate or --clip-norm); {kept}")
 
 
-def _summarize(best, chars_per_token: float, bundle_dir: Path) -> None:
-    bits_scale = 1.0 / (math.log(2) * chars_per_token)
+def _summarize(best, bits_scale: float, bundle_dir: Path) -> None:
     if math.isfinite(best.best):
         print(f"Best validation loss {best.best:.4f} nats/token ({best.best * bits_scale:.3f} bits/char)")
     print(f"Bundle: {bundle_dir} (generate with: textgen generate {bundle_dir})")
