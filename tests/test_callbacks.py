@@ -123,28 +123,29 @@ def test_budget_stops_at_max_steps_exactly_and_measures_progress_in_steps():
     assert without_limits.progress() == 5 / 100
 
 
-def test_budget_stops_when_a_step_and_the_estimated_validation_would_overrun_max_minutes():
+def one_minute_budget(val_batches: int):
+    """A --max-minutes 1 Budget on a tiny model with a fake clock, after a first step of 10 s."""
     from textgen.callbacks import Budget
 
     model, clock = tiny_model(), FakeClock()
-    budget = Budget(max_steps=None, max_minutes=1, planned_steps=10_000, val_batches=6, clock=clock)
+    budget = Budget(max_steps=None, max_minutes=1, planned_steps=10_000, val_batches=val_batches, clock=clock)
     budget.set_model(model)
+    take_step(budget, model, clock, 10.0)
+    return budget, model, clock
+
+
+def test_budget_stops_when_a_step_and_the_estimated_validation_would_overrun_max_minutes():
     # The first step (tracing) takes 10 s and is not a step time; later steps take 2 s; the
     # validation estimate is 6 batches x 2 s / 3 (forward only) = 4 s. Step k ends at
     # 10 + 2(k - 1) s and training stops once elapsed + 2 + 4 >= 60: at step 23, 54 s in.
-    take_step(budget, model, clock, 10.0)
+    budget, model, clock = one_minute_budget(val_batches=6)
     assert steps_until_stop(budget, model, clock, 2.0) == 23
     assert budget.elapsed == 54.0 and budget.reason == "reached --max-minutes 1"
     assert budget.progress() == 54 / 60
 
 
 def test_budget_counts_a_measured_validation_in_its_time():
-    from textgen.callbacks import Budget
-
-    model, clock = tiny_model(), FakeClock()
-    budget = Budget(max_steps=None, max_minutes=1, planned_steps=10_000, val_batches=3, clock=clock)
-    budget.set_model(model)
-    take_step(budget, model, clock, 10.0)
+    budget, model, clock = one_minute_budget(val_batches=3)
     take_step(budget, model, clock, 2.0)
     budget.on_test_begin()
     clock.now += 10.0  # a 10-second validation
