@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +218,21 @@ def test_resume_state_survives_a_crash_between_its_two_renames(bundle_copy):
     expected = load_resume_state(bundle_copy).progress
     (bundle_copy / "resume").rename(bundle_copy / ".resume-old")  # where a crash mid-swap leaves it
     assert load_resume_state(bundle_copy).progress == expected
+
+
+OLD_BUNDLE = Path(__file__).parent / "fixtures" / "bundle_v1"  # written by textgen 0.1.0 (train.py, 3 steps)
+
+
+def test_a_bundle_saved_by_earlier_code_loads_and_saves_back_identically(tmp_path):
+    from textgen.checkpoint import load_resume_state, save_bundle
+
+    old = shutil.copytree(OLD_BUNDLE, tmp_path / "old")
+    before = json.loads((old / "config.json").read_text())
+    bundle = load_bundle(old)
+    assert bundle.state == before["state"] and bundle.config.to_dict() == before["config"]
+    save_bundle(old, bundle.model, bundle.tokenizer, bundle.config, bundle.state)
+    after = json.loads((old / "config.json").read_text())
+    assert set(after["versions"]) == set(before["versions"])
+    assert {**after, "versions": None} == {**before, "versions": None}  # same document, same file hashes
+    resume = load_resume_state(old)
+    assert resume.progress["step"] == 3 and resume.config == bundle.config
