@@ -187,6 +187,7 @@ def load_bundle_weights_of(bundle):
 @pytest.mark.timeout(300)
 def test_kill_during_a_save_leaves_the_previous_bundle_loadable(tmp_path):
     from tests.conftest import TINY, Child, make_text
+
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(), encoding="utf-8")  # 41 steps per epoch: a save after each
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]

@@ -3,6 +3,7 @@ import json
 from tests.conftest import OLD_BUNDLE
 from textgen.resume import load_resume_state
 
+
 def test_resume_state_survives_a_crash_between_its_two_renames(bundle_copy):
     expected = load_resume_state(bundle_copy).progress
     (bundle_copy / "resume").rename(bundle_copy / ".resume-old")  # where a crash mid-swap leaves it

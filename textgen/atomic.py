@@ -67,11 +67,12 @@ def link_or_copy(source: Path, target: Path) -> None:
 
 
 def unlink(file: Path) -> None:
-    """Remove a file if it is there; a failure is ignored (see the comment)."""
+    """Remove a file if it is there, ignoring failures: loading goes by the hashes in
+    config.json (or state.json), so a file left over is harmless."""
     try:
         file.unlink()
     except OSError:
-        pass  # left-over files are harmless: loading goes by config.json's hashes
+        pass
 
 
 def remove_stale_temporaries(folder: Path) -> None:

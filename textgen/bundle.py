@@ -27,6 +27,7 @@ alone and imports neither TensorFlow nor Keras.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -304,8 +305,6 @@ def bundle_info(path: Path | str) -> dict[str, Any]:
     Reads config.json only: the weights are neither read nor checked, and the parameter
     count comes from the config (ModelConfig.parameter_count), so no Keras is imported.
     """
-    import math
-
     path = Path(path)
     document, config = read_document(path)
     state = dict(document.get("state") or {})
