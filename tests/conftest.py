@@ -10,6 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's start-up
 import pytest
 
 SHARED_CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
+OLD_BUNDLE = Path(__file__).parent / "fixtures" / "bundle_v1"  # saved by textgen 0.1.0 (with resume/): must keep loading
 
 # Tiny model settings: every test trains in seconds on two CPU cores.
 TINY = dict(units=16, layers=2, embedding_dim=8, seq_len=16, batch_size=8, dropout=0.0, seed=1)
@@ -55,6 +56,14 @@ def tiny_bundle(tmp_path_factory) -> Path:
     corpus.write_text(make_text(), encoding="utf-8")
     return textgen.train(str(corpus), checkpoint_dir=root / "checkpoints", log_dir=root / "runs",
                          max_steps=40, **TINY)
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny bundle (resume state included) that a test may edit or break."""
+    import shutil
+
+    return shutil.copytree(tiny_bundle, tmp_path / "copy")
 
 
 @pytest.fixture(scope="session")

@@ -173,7 +173,7 @@ def test_corpus_with_bom_crlf_and_mixed_scripts_trains_and_generates(tmp_path, c
     code, out, _ = run(capsys, "train", corpus, "--checkpoint-dir", tmp_path / "ck", "--log-dir",
                        tmp_path / "runs", "--max-steps", 5, *TINY_FLAGS)
     assert code == 0, out
-    from textgen.checkpoint import load_bundle
+    from textgen.bundle import load_bundle
 
     vocab = load_bundle(tmp_path / "ck" / "mixed").tokenizer.get_vocab()
     assert "\r" not in vocab and "\ufeff" not in vocab and {"к", "犬", "ح"} <= set(vocab)

@@ -36,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse: --help, --version and usage errors
         return int(exit_.code or 0)
-    _quiet_tensorflow(args.verbose)
+    if args.run is not _run_info:  # info reads config.json only: no TensorFlow to start
+        _quiet_tensorflow(args.verbose)
     try:
         return args.run(args)
     except Interrupted as stop:  # Ctrl-C/SIGTERM during training: work saved, say how to resume
@@ -332,7 +333,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from textgen.checkpoint import bundle_info
+    from textgen.bundle import bundle_info
 
     info = bundle_info(args.bundle)
     if args.json:

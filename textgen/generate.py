@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from textgen import sampler
-from textgen.checkpoint import Bundle, load_bundle
+from textgen.bundle import Bundle, load_bundle
 from textgen.config import GENERATE_LENGTH, TextgenError
 from textgen.stepper import LSTMStepper
 from textgen.tokenizer import SPECIAL_TOKENS, decode, encode, unknown_characters

@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from textgen.checkpoint import CONFIG_FILE, load_bundle, load_resume_state
+from textgen.bundle import CONFIG_FILE, load_bundle
 from textgen.config import (Config, Interrupted, TextgenError, TrainConfig, check_memory, config_from_options,
                             option_value, override)
 from textgen.corpus_cache import TokenIds, token_ids
 from textgen.data import StreamLayout, check_length, make_stream_dataset, resolve_paths, sources_digest, split_ids
+from textgen.resume import load_resume_state
 
 
 @dataclass
@@ -208,7 +209,7 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, 
     """Build, compile and fit the model; the best bundle by validation loss ends in bundle_dir.
 
     Args:
-        resume_state: a checkpoint.ResumeState to continue from exactly.
+        resume_state: a resume.ResumeState to continue from exactly.
         init_model: a Keras model whose weights start the run (fine-tuning).
         extra_callbacks: more Keras callbacks for model.fit.
         monitoring: keyword arguments for monitor.monitoring_callbacks (sample_every, histograms).
@@ -222,10 +223,11 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, 
     from textgen import distribute
 
     from textgen import callbacks as cb
-    from textgen.checkpoint import save_bundle, save_resume_state
+    from textgen.bundle import save_bundle
     from textgen.generate import TextGenerator
     from textgen.model import CarriedStateModel, build_model, build_stateful_model, copy_weights
     from textgen.monitor import monitoring_callbacks
+    from textgen.resume import save_resume_state
 
     cfg, t = prepared.config, prepared.config.train
     strategy = strategy or tf.distribute.get_strategy()
@@ -344,7 +346,7 @@ def _device_kind() -> str:
 
 def _restore(trainer, state, replicas: int = 1) -> dict:
     """Load a resume state's variables into a freshly built trainer and its optimizer."""
-    from textgen.checkpoint import restore_variables
+    from textgen.resume import restore_variables
 
     saved = state.progress.get("replicas", 1)
     if saved != replicas:
