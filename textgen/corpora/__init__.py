@@ -35,20 +35,20 @@ def registry() -> dict[str, dict[str, Any]]:
 
 
 def cache_dir() -> Path:
-    """textgen's user cache (token caches, corpora when not in a checkout): TEXTGEN_CACHE_DIR
-    or ~/.cache/textgen."""
+    """textgen's cache folder: TEXTGEN_CACHE_DIR, default ~/.cache/textgen (the one place
+    that default is spelled; token caches and, outside a checkout, corpora live there)."""
     return Path(os.environ.get("TEXTGEN_CACHE_DIR") or Path.home() / ".cache" / "textgen")
 
 
 def corpora_dir() -> Path:
     """Where named corpora are downloaded (see the module docstring for the order)."""
-    checkout = source_checkout()
+    checkout = source_checkout(_PACKAGE)
     if checkout is not None and not os.environ.get("TEXTGEN_CACHE_DIR"):
         return checkout / "corpora"
     return cache_dir() / "corpora"
 
 
-def source_checkout(package: Path = _PACKAGE) -> Path | None:
+def source_checkout(package: Path) -> Path | None:
     """The source tree `package` runs from (pyproject.toml and corpora/ beside it), else None."""
     root = package.parent
     if (root / "pyproject.toml").is_file() and (root / "corpora").is_dir():
