@@ -60,9 +60,12 @@ def test_chunks_equal_whole_file_reading_with_cuts_inside_crlf_and_characters(tm
 
 def test_chunked_reading_refuses_bad_bytes_with_their_file_offset(tmp_path):
     bad = tmp_path / "bad.txt"
-    bad.write_bytes(b"abcd\xc3\xa9\xff")  # "abcdé" then a bad byte at offset 6
+    bad.write_bytes(b"abcdef\xff")
     with pytest.raises(TextgenError, match="byte offset 6"):
-        list(read_chunks(bad, "utf-8", chunk_bytes=4))  # the é is split across chunks
+        list(read_chunks(bad, "utf-8", chunk_bytes=4))
+    bad.write_bytes(b"abc\xc3\xa9\xff")  # "abcé" then a bad byte; the é is split across chunks
+    with pytest.raises(TextgenError, match="byte offset 5"):
+        list(read_chunks(bad, "utf-8", chunk_bytes=4))
     bad.write_bytes(b"abcdef\x00")
     with pytest.raises(TextgenError, match="NUL byte at offset 6"):
         list(read_chunks(bad, "utf-8", chunk_bytes=4))
