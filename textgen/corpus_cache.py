@@ -188,7 +188,8 @@ def _encode_files(files, recorded, tokenizer, settings, out: Path, dtype) -> tup
 def _encode_piece(text: str, tokenizer: Tokenizer, table: CharTable | None) -> np.ndarray:
     if table is not None:
         return table.encode(text)
-    # encode_batch runs the 256K-character pieces (SUBWORD_PIECE_CHARS) on every core (tokenizers' own thread pool).
+    # encode_batch runs the 256K-character pieces (SUBWORD_PIECE_CHARS) on every core
+    # (tokenizers' own thread pool).
     pieces = _word_chunks(text, SUBWORD_PIECE_CHARS)
     encodings = tokenizer.encode_batch_fast(pieces)  # "fast": the same ids, no offsets
     return np.concatenate([np.asarray(e.ids, np.int32) for e in encodings])

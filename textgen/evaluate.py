@@ -59,7 +59,8 @@ def evaluate_files(generator: TextGenerator, paths: list[Path], progress=None) -
         progress: optional callable(n_bytes) told how many bytes of file each block was.
     """
     settings = generator.config.tokenizer
-    return _score((read_pieces(p, settings.encoding, settings.level, progress) for p in paths), generator, None)
+    documents = (read_pieces(p, settings.encoding, settings.level, progress) for p in paths)
+    return _score(documents, generator, None)
 
 
 def _score(documents: Iterable[Iterable[str]], generator: TextGenerator, progress) -> Score:
