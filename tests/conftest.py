@@ -28,7 +28,8 @@ def make_text(lines: int = 200) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def token_cache_dir(tmp_path_factory) -> Path:
-    """Token caches (and fetched corpora) go to a temporary folder, never the user's ~/.cache."""
+    """Token caches (and fetched corpora) go to a temporary folder, never the user's ~/.cache
+    nor a checkout's corpora/ (TEXTGEN_CACHE_DIR set wins over the checkout)."""
     folder = tmp_path_factory.mktemp("textgen_cache")
     os.environ["TEXTGEN_CACHE_DIR"] = str(folder)
     return folder

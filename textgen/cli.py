@@ -267,7 +267,7 @@ def _read_prime(args: argparse.Namespace) -> str:
         return args.prime or ""
     from pathlib import Path
 
-    from textgen.data import read_text
+    from textgen.text import read_text
 
     return read_text(Path(args.prime_file), "utf-8")
 
