@@ -279,7 +279,11 @@ def make_server(app):
 
 
 def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Load a bundle and serve it until Ctrl-C."""
+    """Load a bundle and serve it until Ctrl-C.
+
+    On SIGINT uvicorn finishes its graceful shutdown, then raises the signal again
+    (uvicorn >= 0.29), so KeyboardInterrupt reaches the CLI: exit 130, as for any command.
+    """
     generator = load(bundle)
     sock = bind(host, port)
     server = make_server(make_app(generator))
