@@ -157,7 +157,8 @@ def _add_controls(p: argparse.ArgumentParser) -> None:
         if rule.group not in groups:
             groups[rule.group] = p.add_argument_group(rule.group)
         flag = "--" + rule.name.replace("_", "-")
-        help = rule.help + _CLI_DEFAULTS.get(rule.name, f" (default: {rule.default})" if rule.default not in (None, ()) else "")
+        shown = f" (default: {rule.default})" if rule.default not in (None, ()) else ""
+        help = rule.help + _CLI_DEFAULTS.get(rule.name, shown)
         if rule.repeated:
             groups[rule.group].add_argument(flag, action="append", default=argparse.SUPPRESS,
                                             metavar=rule.metavar, help=help + "; repeatable")

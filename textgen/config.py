@@ -50,7 +50,7 @@ class TokenizerConfig:
         require(self.level in LEVELS, f"level must be one of {', '.join(LEVELS)}, not {self.level!r}")
         require(2 <= self.vocab_size <= 10**7, "vocab_size must be in 2..10000000")
         require(self.level != "bpe" or self.vocab_size >= 258,
-               "vocab_size must be at least 258 at bpe level (256 bytes and 2 special tokens)")
+                "vocab_size must be at least 258 at bpe level (256 bytes and 2 special tokens)")
         require(_is_text_encoding(self.encoding), f"unknown text encoding {self.encoding!r}")
 
 
@@ -105,13 +105,13 @@ class TrainConfig:
         require(0 < self.clip_norm < math.inf, "clip_norm must be positive and finite")
         require(1 <= self.epochs <= MAX_COUNT, f"epochs must be in 1..{MAX_COUNT}")
         require(self.max_steps is None or 1 <= self.max_steps <= MAX_COUNT,
-               f"max_steps must be in 1..{MAX_COUNT}")
+                f"max_steps must be in 1..{MAX_COUNT}")
         require(self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive")
         require(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
         require(1 <= self.patience <= MAX_COUNT, f"patience must be in 1..{MAX_COUNT}")
         require(0 <= self.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED}")
         require(self.checkpoint_every is None or 1 <= self.checkpoint_every <= MAX_COUNT,
-               f"checkpoint_every must be in 1..{MAX_COUNT}")
+                f"checkpoint_every must be in 1..{MAX_COUNT}")
 
 
 @dataclass(frozen=True)

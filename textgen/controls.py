@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from textgen.config import fits_type, require
@@ -53,10 +53,11 @@ class Controls:
     seed: int | None = _control(None, "same seed, same text", 0, 2**63 - 1, none="a fresh random seed")
 
     def __post_init__(self):
-        if isinstance(self.stop, str) or not isinstance(self.stop, (tuple, Iterable)):
-            stops = () if self.stop is None else (self.stop,)  # one string (or a bad value, refused below)
-        else:
-            stops = tuple(self.stop)
+        stops = self.stop  # a string, an iterable of them, or None; a bad value is refused below
+        if stops is None or isinstance(stops, str):
+            stops = () if stops is None else (stops,)
+        elif isinstance(stops, Iterable):
+            stops = tuple(stops)
         object.__setattr__(self, "stop", stops)  # frozen: normalised once, here
         for rule in RULES.values():
             rule.check(getattr(self, rule.name))
