@@ -10,6 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's start-up
 import pytest
 
 SHARED_CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
+OLD_BUNDLE = Path(__file__).parent / "fixtures" / "bundle_v1"  # saved by textgen 0.1.0 (with resume/): must keep loading
 
 # Tiny model settings: every test trains in seconds on two CPU cores.
 TINY = dict(units=16, layers=2, embedding_dim=8, seq_len=16, batch_size=8, dropout=0.0, seed=1)
@@ -27,7 +28,8 @@ def make_text(lines: int = 200) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def token_cache_dir(tmp_path_factory) -> Path:
-    """Token caches (and fetched corpora) go to a temporary folder, never the user's ~/.cache."""
+    """Token caches (and fetched corpora) go to a temporary folder, never the user's ~/.cache
+    nor a checkout's corpora/ (TEXTGEN_CACHE_DIR set wins over the checkout)."""
     folder = tmp_path_factory.mktemp("textgen_cache")
     os.environ["TEXTGEN_CACHE_DIR"] = str(folder)
     return folder
@@ -55,6 +57,14 @@ def tiny_bundle(tmp_path_factory) -> Path:
     corpus.write_text(make_text(), encoding="utf-8")
     return textgen.train(str(corpus), checkpoint_dir=root / "checkpoints", log_dir=root / "runs",
                          max_steps=40, **TINY)
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny bundle (resume state included) that a test may edit or break."""
+    import shutil
+
+    return shutil.copytree(tiny_bundle, tmp_path / "copy")
 
 
 @pytest.fixture(scope="session")

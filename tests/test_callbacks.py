@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from textgen.checkpoint import load_bundle
+from textgen.bundle import load_bundle
 from tests.conftest import TINY, Child, make_text
 
 TINY_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]

@@ -90,7 +90,8 @@ def test_bad_generate_inputs_get_one_line_and_exit_2(tiny_bundle, tmp_path, caps
     assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--prime", "Q@")[::2], "'Q'")
     assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--temperature", "-1")[::2], "temperature")
     assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--length", "0")[::2], "length")
-    assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--top-k", "0")[::2], "--top-k")
+    assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--top-k", "-1")[::2], "--top-k")
+    assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--seed", str(2**63))[::2], "--seed")
     assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--top-p", "1.5")[::2], "--top-p")
     assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--repetition-penalty", "0")[::2], "penalty")
     assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--num-samples", "0")[::2], "--num-samples")
@@ -196,7 +197,7 @@ def test_corpus_with_bom_crlf_and_mixed_scripts_trains_and_generates(tmp_path, c
     code, out, _ = run(capsys, "train", corpus, "--checkpoint-dir", tmp_path / "ck", "--log-dir",
                        tmp_path / "runs", "--max-steps", 5, *TINY_FLAGS)
     assert code == 0, out
-    from textgen.checkpoint import load_bundle
+    from textgen.bundle import load_bundle
 
     vocab = load_bundle(tmp_path / "ck" / "mixed").tokenizer.get_vocab()
     assert "\r" not in vocab and "\ufeff" not in vocab and {"к", "犬", "ح"} <= set(vocab)

@@ -3,9 +3,10 @@ import os
 import numpy as np
 import pytest
 
-from textgen.config import TextgenError, TokenizerConfig
-from textgen.corpus_cache import _build, id_dtype, stream_text, token_ids
-from textgen.data import read_text, resolve_paths
+from textgen.config import TokenizerConfig
+from textgen.corpus_cache import _build, id_dtype, token_ids
+from textgen.data import resolve_paths
+from textgen.text import read_text
 from textgen.tokenizer import DOC, build_tokenizer, encode
 
 TEXT = "Hello, world!\r\nSecond line\twith tabs 😀 and more.\n" * 40
@@ -15,22 +16,6 @@ def write(path, text):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(text.encode("utf-8"))
     return path
-
-
-def test_streamed_text_equals_whole_file_reading_with_cuts_inside_crlf_and_characters(tmp_path):
-    path = write(tmp_path / "a.txt", "\ufeff" + TEXT)
-    for size in (1, 2, 3, 7, 64):  # tiny chunks cut CRLF pairs and 4-byte emoji apart
-        assert "".join(stream_text(path, "utf-8", chunk_bytes=size)) == read_text(path)
-
-
-def test_streamed_reading_refuses_bad_bytes_with_their_offset(tmp_path):
-    bad = tmp_path / "bad.txt"
-    bad.write_bytes(b"abcdef\xff")
-    with pytest.raises(TextgenError, match="byte offset 6"):
-        list(stream_text(bad, "utf-8", chunk_bytes=4))
-    bad.write_bytes(b"abcdef\x00")
-    with pytest.raises(TextgenError, match="NUL byte at offset 6"):
-        list(stream_text(bad, "utf-8", chunk_bytes=4))
 
 
 @pytest.mark.parametrize("level", ["char", "word", "bpe"])
@@ -48,7 +33,7 @@ def test_cached_ids_equal_in_memory_encoding_with_doc_between_files(tmp_path, le
     expected = np.concatenate([encode(tok, read_text(a)), [doc], encode(tok, read_text(b))])
     assert np.array_equal(np.asarray(got.train), expected)
     assert got.characters == 2 * len(read_text(a))
-    assert got.train.dtype == np.uint8 if tok.get_vocab_size() <= 256 else np.uint16
+    assert got.train.dtype == (np.uint8 if tok.get_vocab_size() <= 256 else np.uint16)
 
 
 def test_cache_is_reused_when_unchanged_and_rebuilt_when_a_file_changes(tmp_path):

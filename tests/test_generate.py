@@ -51,9 +51,9 @@ def test_stop_strings_end_the_text_where_they_first_appear(tiny_generator):
     free = tiny_generator.generate(prime="The", length=150, seed=5)
     continuation = free[3:]
     stop = next(s for s in (" a", "a", " ") if s in continuation)
-    cut = tiny_generator.generate(prime="The", length=150, seed=5, stop=[stop, "no such stop"])
-    assert cut == "The" + continuation[: continuation.index(stop)]
-    assert list(tiny_generator.stream(prime="The", length=150, seed=5, stop=stop))[-1] != stop
+    expected = "The" + continuation[: continuation.index(stop)]
+    assert tiny_generator.generate(prime="The", length=150, seed=5, stop=[stop, "no such stop"]) == expected
+    assert "".join(tiny_generator.stream(prime="The", length=150, seed=5, stop=stop)) == expected
 
 
 def test_max_chars_and_greedy_controls(tiny_generator):
@@ -65,15 +65,22 @@ def test_max_chars_and_greedy_controls(tiny_generator):
         tiny_generator.generate(prime="The", length=40, seed=9)
 
 
+def test_top_k_0_is_off_and_the_largest_seed_works(tiny_generator):
+    free = tiny_generator.generate(prime="The", length=40, seed=2**63 - 1)
+    assert tiny_generator.generate(prime="The", length=40, seed=2**63 - 1, top_k=0) == free
+    assert tiny_generator.sample(prime="The", num_samples=2, length=40, seed=2**63 - 1)[0] == free
+
+
 def test_unknown_prime_characters_are_named(tiny_generator):
     with pytest.raises(TextgenError, match="'Z'.*'#'|'#'.*'Z'"):
         tiny_generator.generate(prime="Z#", length=5)
 
 
 @pytest.mark.parametrize("controls, word", [
-    (dict(length=0), "length"), (dict(temperature=-0.5), "temperature"), (dict(top_k=0), "top_k"),
+    (dict(length=0), "length"), (dict(temperature=-0.5), "temperature"), (dict(top_k=-1), "top_k"),
     (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(repetition_penalty=0), "repetition_penalty"),
     (dict(length=None), "max_chars"), (dict(max_chars=0), "max_chars"), (dict(temperature=float("nan")), "temperature"),
+    (dict(seed=2**63), "seed"), (dict(temprature=0.5), "unknown control 'temprature'"),
 ])
 def test_bad_controls_are_refused(tiny_generator, controls, word):
     with pytest.raises(TextgenError, match=word):

@@ -99,6 +99,15 @@ def test_stream_i_is_the_same_whatever_the_batch_size_and_block():
     assert not (draws_batch[:, 1] == draws_batch[:, 0]).any()
 
 
+@pytest.mark.parametrize("seed", [0, 2**32, 2**63 - 1])
+def test_every_allowed_seed_gives_reproducible_distinct_streams(seed):
+    a, b = sampler.Streams(seed, 3), sampler.Streams(seed, 3)
+    draws = np.array([a.uniform() for _ in range(10)])  # (10, 3)
+    assert (draws == np.array([b.uniform() for _ in range(10)])).all()
+    assert len({tuple(draws[:, i]) for i in range(3)}) == 3  # (seed, i) differ by i
+    assert not (draws == np.array([sampler.Streams(seed ^ 1, 3).uniform() for _ in range(10)])).all()
+
+
 def feed_all(stop_text, pieces):
     shown = [stop_text.feed(p) for p in pieces]
     return shown + [stop_text.flush()]

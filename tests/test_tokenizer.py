@@ -91,3 +91,23 @@ def test_safe_cuts_leave_word_and_bpe_ids_unchanged(level):
     assert len(pieces) > 10
     ids = [i for piece in pieces for i in tok.encode(piece).ids]
     assert ids == tok.encode(text).ids
+
+
+@pytest.mark.parametrize("level", ["word", "bpe"])
+def test_token_pieces_recut_any_chunks_so_ids_are_unchanged(level):
+    from textgen.tokenizer import token_pieces
+
+    text = "one two,  three\n  four\nfive six.\n\n  seven's eight!!  nine" * 20
+    tok = build_tokenizer([text], level, vocab_size=300)
+    chunks = [text[i : i + 7] for i in range(0, len(text), 7)]  # cut inside words and space runs
+    pieces = list(token_pieces(chunks, level))
+    assert "".join(pieces) == text and len(pieces) > 10
+    assert [i for piece in pieces for i in tok.encode(piece).ids] == tok.encode(text).ids
+
+
+def test_token_pieces_carry_text_with_no_safe_cut_up_to_a_bound():
+    from textgen.tokenizer import token_pieces
+
+    chunks = ["x" * 100] * 5  # no space, no line start
+    assert list(token_pieces(chunks, "word", max_chars=250)) == ["x" * 300, "x" * 200]
+    assert list(token_pieces(["a b", "c"], "char")) == ["a b", "c"]  # any cut is safe for char

@@ -15,7 +15,8 @@ import sys
 from typing import Any, Sequence
 
 from textgen import __version__
-from textgen.config import GENERATE_LENGTH, MAX_SEED, Interrupted, TextgenError, TrainOption, train_options
+from textgen.config import Interrupted, TextgenError, TrainOption, train_options
+from textgen.controls import RULES, Rule
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -35,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse: --help, --version and usage errors
         return int(exit_.code or 0)
-    _quiet_tensorflow(args.verbose)
+    if args.run is not _run_info:  # info reads config.json only: no TensorFlow to start
+        _quiet_tensorflow(args.verbose)
     try:
         return args.run(args)
     except Interrupted as stop:  # Ctrl-C/SIGTERM during training: work saved, say how to resume
@@ -101,25 +103,47 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
     prime.add_argument("--prime-file", default=None, help="read the prime from this UTF-8 file")
     prime.add_argument("--interactive", action="store_true",
                        help="read a prime per line from stdin and answer each with a continuation, until EOF")
-    g = p.add_argument_group("length")
-    g.add_argument("--length", type=_positive_int, default=None,
-                   help=f"tokens to generate (default: {GENERATE_LENGTH}; unlimited when --max-chars is given)")
-    g.add_argument("--max-chars", type=_positive_int, default=None, help="end each sample after this many characters")
-    g.add_argument("--stop", action="append", default=[], metavar="STRING",
-                   help="end a sample where STRING appears (not printed); repeatable")
-    g = p.add_argument_group("sampling")
-    g.add_argument("--temperature", type=_non_negative_float, default=1.0,
-                   help="randomness; 0 = always the most likely token (default: %(default)s)")
-    g.add_argument("--top-k", type=_positive_int, default=None, help="sample among the K most likely tokens")
-    g.add_argument("--top-p", type=_probability, default=None,
-                   help="sample among the most likely tokens whose probabilities add up to P (nucleus)")
-    g.add_argument("--repetition-penalty", type=_positive_float, default=None,
-                   help="> 1 discourages tokens seen in the last 64 (CTRL's penalty); 1 = off")
-    g.add_argument("--seed", type=_seed, default=None, help="same seed, same text")
+    _add_controls(p)
     g = p.add_argument_group("output")
     g.add_argument("--num-samples", type=_positive_int, default=1, help="samples generated as one batch (default: 1)")
     g.add_argument("--json", action="store_true", help="print a JSON list of the samples")
     p.set_defaults(run=_run_generate)
+
+
+def _add_controls(p: argparse.ArgumentParser) -> None:
+    """One flag per decoding control: type, limits, default and help read from its Rule.
+
+    A flag not given stays out of the namespace, so the control's own default applies.
+    """
+    groups: dict[str, Any] = {}
+    for rule in RULES.values():
+        if rule.group not in groups:
+            groups[rule.group] = p.add_argument_group(rule.group)
+        flag = "--" + rule.name.replace("_", "-")
+        shown = f" (default: {rule.default})" if rule.default not in (None, ()) else ""
+        help = rule.help + _CLI_DEFAULTS.get(rule.name, shown)
+        if rule.repeated:
+            groups[rule.group].add_argument(flag, action="append", default=argparse.SUPPRESS,
+                                            metavar=rule.metavar, help=help + "; repeatable")
+        else:
+            groups[rule.group].add_argument(flag, type=_flag_type(rule), default=argparse.SUPPRESS,
+                                            metavar=rule.metavar, help=help)
+
+
+# The command's own defaults, where they differ from the Python API's.
+_CLI_DEFAULTS = {"length": f" (default: {RULES['length'].default}; unlimited when --max-chars is given)"}
+
+
+def _flag_type(rule: Rule):
+    """argparse's type for a control: the text parsed as int or float, then checked by the rule."""
+    def parse(text: str):
+        value = rule.kind(text)  # a ValueError reads "invalid int value: 'x'"
+        if not rule.accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {rule.describe()}, not {text}")
+        return value
+
+    parse.__name__ = rule.kind.__name__
+    return parse
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
@@ -156,34 +180,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _seed(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}, not {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"must be 0 or positive, not {text}")
-    return value
-
-
 def _run_train(args: argparse.Namespace) -> int:
     from textgen.training import train
 
@@ -202,11 +198,9 @@ def _run_generate(args: argparse.Namespace) -> int:
 
     prime = _read_prime(args)  # bad prime files fail before the model loads
     generator = load(args.bundle)
-    options = dict(length=args.length, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed,
-                   max_chars=args.max_chars)
-    if options["length"] is None and args.max_chars is None:
-        options["length"] = GENERATE_LENGTH
+    options = {name: getattr(args, name) for name in RULES if hasattr(args, name)}  # the flags given
+    if "max_chars" in options and "length" not in options:
+        options["length"] = None  # only --max-chars: no token limit
     if args.interactive:
         return _interactive(generator, options)
     if args.num_samples == 1 and not args.json:
@@ -227,7 +221,7 @@ def _read_prime(args: argparse.Namespace) -> str:
         return args.prime or ""
     from pathlib import Path
 
-    from textgen.data import read_text
+    from textgen.text import read_text
 
     return read_text(Path(args.prime_file), "utf-8")
 
@@ -293,7 +287,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from textgen.checkpoint import bundle_info
+    from textgen.bundle import bundle_info
 
     info = bundle_info(args.bundle)
     if args.json:

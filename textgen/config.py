@@ -24,7 +24,6 @@ LEVELS = ("char", "word", "bpe")
 # accept (a 2**32 seed or a 2**64 vocabulary would crash them with a traceback).
 MAX_SEED = 2**32 - 1
 MAX_COUNT = 2**31 - 1
-GENERATE_LENGTH = 200  # tokens generated when no length (and no character cap) is given
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker")  # --strategy (see textgen.distribute)
 
 
@@ -67,11 +66,11 @@ class TokenizerConfig:
     encoding: str = option("utf-8", "corpus encoding")  # how corpus files are decoded
 
     def validate(self) -> None:
-        _check(self.level in LEVELS, f"level must be one of {', '.join(LEVELS)}, not {self.level!r}")
-        _check(2 <= self.vocab_size <= 10**7, "vocab_size must be in 2..10000000")
-        _check(self.level != "bpe" or self.vocab_size >= 258,
-               "vocab_size must be at least 258 at bpe level (256 bytes and 2 special tokens)")
-        _check(_is_text_encoding(self.encoding), f"unknown text encoding {self.encoding!r}")
+        require(self.level in LEVELS, f"level must be one of {', '.join(LEVELS)}, not {self.level!r}")
+        require(2 <= self.vocab_size <= 10**7, "vocab_size must be in 2..10000000")
+        require(self.level != "bpe" or self.vocab_size >= 258,
+                "vocab_size must be at least 258 at bpe level (256 bytes and 2 special tokens)")
+        require(_is_text_encoding(self.encoding), f"unknown text encoding {self.encoding!r}")
 
 
 @dataclass(frozen=True)
@@ -85,11 +84,11 @@ class ModelConfig:
     dropout: float = option(0.25, "dropout between layers")  # 1 MB overfits in 10 CPU-minutes at 0.1 (bench/quality.py)
 
     def validate(self) -> None:
-        _check(0 <= self.vocab_size <= 10**7 and self.vocab_size != 1, "vocab_size must be in 2..10000000")
-        _check(1 <= self.embedding_dim <= 65_536, "embedding_dim must be in 1..65536")
-        _check(1 <= self.layers <= 16, "layers must be in 1..16")
-        _check(1 <= self.units <= 65_536, "units must be in 1..65536")
-        _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        require(0 <= self.vocab_size <= 10**7 and self.vocab_size != 1, "vocab_size must be in 2..10000000")
+        require(1 <= self.embedding_dim <= 65_536, "embedding_dim must be in 1..65536")
+        require(1 <= self.layers <= 16, "layers must be in 1..16")
+        require(1 <= self.units <= 65_536, "units must be in 1..65536")
+        require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
 
     def parameter_count(self) -> int:
         """Numbers in the network's weights, from the config alone (checked before building).
@@ -122,19 +121,19 @@ class TrainConfig:
                                           resumable=True)
 
     def validate(self) -> None:
-        _check(1 <= self.seq_len <= 1 << 20, "seq_len must be in 1..1048576")
-        _check(1 <= self.batch_size <= 1 << 20, "batch_size must be in 1..1048576")
-        _check(0 < self.learning_rate < math.inf, "learning_rate must be positive and finite")
-        _check(0 < self.clip_norm < math.inf, "clip_norm must be positive and finite")
-        _check(1 <= self.epochs <= MAX_COUNT, f"epochs must be in 1..{MAX_COUNT}")
-        _check(self.max_steps is None or 1 <= self.max_steps <= MAX_COUNT,
-               f"max_steps must be in 1..{MAX_COUNT}")
-        _check(self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive")
-        _check(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
-        _check(1 <= self.patience <= MAX_COUNT, f"patience must be in 1..{MAX_COUNT}")
-        _check(0 <= self.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED}")
-        _check(self.checkpoint_every is None or 1 <= self.checkpoint_every <= MAX_COUNT,
-               f"checkpoint_every must be in 1..{MAX_COUNT}")
+        require(1 <= self.seq_len <= 1 << 20, "seq_len must be in 1..1048576")
+        require(1 <= self.batch_size <= 1 << 20, "batch_size must be in 1..1048576")
+        require(0 < self.learning_rate < math.inf, "learning_rate must be positive and finite")
+        require(0 < self.clip_norm < math.inf, "clip_norm must be positive and finite")
+        require(1 <= self.epochs <= MAX_COUNT, f"epochs must be in 1..{MAX_COUNT}")
+        require(self.max_steps is None or 1 <= self.max_steps <= MAX_COUNT,
+                f"max_steps must be in 1..{MAX_COUNT}")
+        require(self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive")
+        require(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
+        require(1 <= self.patience <= MAX_COUNT, f"patience must be in 1..{MAX_COUNT}")
+        require(0 <= self.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED}")
+        require(self.checkpoint_every is None or 1 <= self.checkpoint_every <= MAX_COUNT,
+                f"checkpoint_every must be in 1..{MAX_COUNT}")
 
 
 @dataclass(frozen=True)
@@ -164,16 +163,16 @@ class Config:
     @classmethod
     def from_dict(cls, data: Any) -> "Config":
         """Rebuild and validate a Config from plain JSON data; unknown keys are refused."""
-        _check(isinstance(data, dict), "config must be a JSON object")
+        require(isinstance(data, dict), "config must be a JSON object")
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key in SECTIONS:
                 kwargs[key] = _build(SECTIONS[key], value, key)
             elif key == "name":
-                _check(isinstance(value, str), "name must be a string")
+                require(isinstance(value, str), "name must be a string")
                 kwargs[key] = value
             elif key == "corpus":
-                _check(isinstance(value, dict), "corpus must be an object")
+                require(isinstance(value, dict), "corpus must be an object")
                 kwargs[key] = value
             else:
                 raise ConfigError(f"unknown config key {key!r}")
@@ -208,8 +207,8 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Check the settings no later step checks; return self so calls chain."""
-        _check(self.sample_every is None or self.sample_every >= 1,
-               f"sample_every must be at least 1, not {self.sample_every}")
+        require(self.sample_every is None or self.sample_every >= 1,
+                f"sample_every must be at least 1, not {self.sample_every}")
         return self
 
 
@@ -346,16 +345,19 @@ def _kind(annotation: str) -> type:
 
 def _build(section: type, data: Any, where: str) -> Any:
     """Build one section dataclass from a dict, checking keys and types."""
-    _check(isinstance(data, dict), f"{where} must be an object")
+    require(isinstance(data, dict), f"{where} must be an object")
     fields = {f.name: f for f in dataclasses.fields(section)}
     for key, value in data.items():
-        _check(key in fields, f"unknown config key {where}.{key}")
-        _check(_type_ok(fields[key].type, value), f"{where}.{key} has the wrong type: {value!r}")
+        require(key in fields, f"unknown config key {where}.{key}")
+        require(fits_type(fields[key].type, value), f"{where}.{key} has the wrong type: {value!r}")
     return section(**data)
 
 
-def _type_ok(annotation: str, value: Any) -> bool:
-    """Whether a JSON value fits a field annotation written as a string (PEP 563)."""
+def fits_type(annotation: str, value: Any) -> bool:
+    """Whether a JSON value fits a field annotation written as a string (PEP 563).
+
+    A bool is not a number here, though Python says True == 1; a float field takes ints.
+    """
     optional = "None" in annotation
     if value is None:
         return optional
@@ -368,6 +370,7 @@ def _type_ok(annotation: str, value: Any) -> bool:
     return True
 
 
-def _check(condition: bool, message: str) -> None:
+def require(condition: Any, message: str) -> None:
+    """Raise ConfigError(message) unless `condition`: every validator's one-line refusal."""
     if not condition:
         raise ConfigError(message)

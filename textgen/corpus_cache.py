@@ -16,7 +16,6 @@ re-hashed, and any difference rebuilds the cache.
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import hashlib
 import json
@@ -32,8 +31,9 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from textgen.config import TextgenError, TokenizerConfig
-from textgen.data import BOM
-from textgen.tokenizer import DOC, CharTable, _word_chunks, build_tokenizer, safe_cut
+from textgen.corpora import cache_dir
+from textgen.text import read_chunks
+from textgen.tokenizer import DOC, CharTable, _word_chunks, build_tokenizer, token_pieces
 
 CACHE_FORMAT = 1
 # Char level reads 16 MB at a time (per-call overhead vanishes, memory stays small);
@@ -61,9 +61,8 @@ class TokenIds:
 
 
 def cache_root() -> Path:
-    """Where token caches live: $TEXTGEN_CACHE_DIR/tokens, default ~/.cache/textgen/tokens."""
-    base = os.environ.get("TEXTGEN_CACHE_DIR") or Path.home() / ".cache" / "textgen"
-    return Path(base) / "tokens"
+    """Where token caches live: the `tokens` folder of the user cache (corpora.cache_dir)."""
+    return cache_dir() / "tokens"
 
 
 def token_ids(paths: list[Path], val_paths: list[Path], settings: TokenizerConfig,
@@ -96,70 +95,10 @@ def _key(paths: list[Path], val_paths: list[Path], settings: TokenizerConfig, to
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
 
 
-# ---------------------------------------------------------------- reading, streamed
-
-
-def stream_text(path: Path, encoding: str, on_chunk=None, chunk_bytes: int | None = None) -> Iterator[str]:
-    """The text of one file in pieces, checked as strictly as `data.read_text`.
-
-    BOM dropped, CRLF -> LF (a trailing CR waits for the next piece), NUL bytes and invalid
-    text refused with their byte offset. `on_chunk(data)` sees each raw chunk (progress, hashing).
-    """
-    try:
-        decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-    except LookupError:
-        raise TextgenError(f"unknown encoding {encoding!r}") from None
-    chunk_bytes = chunk_bytes or CHUNK_BYTES
-    check_nul = not encoding.lower().replace("-", "").replace("_", "").startswith(("utf16", "utf32"))
-    offset, held, bom_checked = 0, "", False
-    try:
-        file = open(path, "rb")
-    except OSError as err:
-        raise TextgenError(f"{path}: cannot read ({err.strerror})") from None
-    with file:
-        while True:
-            data = file.read(chunk_bytes)
-            final = not data
-            if final and offset == 0:
-                raise TextgenError(f"{path}: file is empty")
-            nul = data.find(b"\x00") if check_nul else -1
-            if nul >= 0:
-                raise TextgenError(f"{path}: not a text file (NUL byte at offset {offset + nul:,})")
-            pending = len(decoder.getstate()[0])  # bytes of a character split across chunks
-            try:
-                text = decoder.decode(data, final=final)
-            except UnicodeDecodeError as err:
-                raise TextgenError(f"{path}: not valid {encoding} text (byte offset "
-                                   f"{offset - pending + err.start:,}); try --encoding") from None
-            if text and not bom_checked:  # the first character, however few bytes came
-                text, bom_checked = text.removeprefix(BOM), True
-            text, held = held + text, ""
-            if text.endswith("\r") and not final:
-                text, held = text[:-1], "\r"  # maybe the first half of a CRLF
-            offset += len(data)
-            if on_chunk:
-                on_chunk(data)
-            if text:
-                yield text.replace("\r\n", "\n") if "\r" in text else text
-            if final:
-                return
-
-
 def file_pieces(path: Path, encoding: str, level: str, on_chunk=None) -> Iterator[str]:
-    """One file's text in pieces cut where no token can span (any cut is safe for char)."""
-    carry = ""
+    """One file's text in pieces cut where no token can span (see tokenizer.token_pieces)."""
     size = CHUNK_BYTES if level == "char" else SUBWORD_CHUNK_BYTES
-    for text in stream_text(path, encoding, on_chunk, size):
-        if level == "char":
-            yield text
-            continue
-        text = carry + text
-        cut = safe_cut(text)  # 0 (no safe place yet): keep it all for the next piece
-        carry = text[cut:]
-        if cut:
-            yield text[:cut]
-    if carry:
-        yield carry
+    return token_pieces(read_chunks(path, encoding, on_chunk, size), level)
 
 
 # ---------------------------------------------------------------- building
@@ -249,7 +188,8 @@ def _encode_files(files, recorded, tokenizer, settings, out: Path, dtype) -> tup
 def _encode_piece(text: str, tokenizer: Tokenizer, table: CharTable | None) -> np.ndarray:
     if table is not None:
         return table.encode(text)
-    # encode_batch runs the ~1 MB pieces on every core (tokenizers' own thread pool).
+    # encode_batch runs the 256K-character pieces (SUBWORD_PIECE_CHARS) on every core
+    # (tokenizers' own thread pool).
     pieces = _word_chunks(text, SUBWORD_PIECE_CHARS)
     encodings = tokenizer.encode_batch_fast(pieces)  # "fast": the same ids, no offsets
     return np.concatenate([np.asarray(e.ids, np.int32) for e in encodings])

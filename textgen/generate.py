@@ -12,50 +12,19 @@ one step then advances all N, and sample i draws from its own random stream (see
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from textgen import sampler
-from textgen.checkpoint import Bundle, load_bundle
-from textgen.config import GENERATE_LENGTH, TextgenError
+from textgen.bundle import Bundle, load_bundle
+from textgen.config import TextgenError, require
+from textgen.controls import Controls, documented
 from textgen.stepper import LSTMStepper
 from textgen.tokenizer import SPECIAL_TOKENS, decode, encode, unknown_characters
 
 PRIME_CHUNK = 1024  # tokens of the prime read per call
-
-
-@dataclass(frozen=True)
-class Controls:
-    """Every decoding control; `check` turns bad values into one-line TextgenErrors."""
-
-    length: int | None = GENERATE_LENGTH  # tokens to generate; None: until max_chars or a stop
-    temperature: float = 1.0  # 0 = greedy
-    top_k: int | None = None  # keep the k most likely tokens
-    top_p: float | None = None  # keep the smallest set reaching this probability
-    repetition_penalty: float | None = None  # CTRL penalty on recently seen tokens
-    penalty_window: int = sampler.DEFAULT_PENALTY_WINDOW  # how many recent tokens it looks at
-    stop: tuple[str, ...] = ()  # a sample ends where one of these appears (not included)
-    max_chars: int | None = None  # a sample ends after this many generated characters
-    seed: int | None = None  # None: a fresh random seed
-
-    def check(self) -> "Controls":
-        _require(self.length is None or self.length >= 1, f"length must be at least 1, not {self.length}")
-        _require(self.length is not None or self.max_chars is not None or self.stop,
-                 "without a length, give max_chars or a stop string so generation ends")
-        _require(math.isfinite(self.temperature) and self.temperature >= 0,
-                 f"temperature must be 0 (greedy) or positive, not {self.temperature}")
-        _require(self.top_k is None or self.top_k >= 1, f"top_k must be at least 1, not {self.top_k}")
-        _require(self.top_p is None or 0 < self.top_p <= 1, f"top_p must be in (0, 1], not {self.top_p}")
-        _require(self.repetition_penalty is None or self.repetition_penalty > 0,
-                 f"repetition_penalty must be positive, not {self.repetition_penalty}")
-        _require(self.penalty_window >= 1, f"penalty_window must be at least 1, not {self.penalty_window}")
-        _require(self.max_chars is None or self.max_chars >= 1, f"max_chars must be at least 1, not {self.max_chars}")
-        _require(all(isinstance(s, str) for s in self.stop), "stop strings must be strings")
-        return self
 
 
 class TextGenerator:
@@ -104,53 +73,38 @@ class TextGenerator:
                 raise TextgenError(f"prime text has characters the model's vocabulary lacks: {shown}")
         return encode(self.tokenizer, prime)
 
-    def stream(self, prime: str = "", length: int | None = GENERATE_LENGTH, temperature: float = 1.0,
-               top_k: int | None = None, top_p: float | None = None,
-               repetition_penalty: float | None = None, stop=None, seed: int | None = None,
-               max_chars: int | None = None, include_prime: bool = True) -> Iterator[str]:
+    @documented
+    def stream(self, prime: str = "", *, include_prime: bool = True, **controls) -> Iterator[str]:
         """Yield the prime (unless include_prime is False), then the text of each new token
-        as it is produced. Arguments as in `generate`."""
-        controls = _controls(length, temperature, top_k, top_p, repetition_penalty, stop, seed, max_chars)
+        as it is produced."""
+        c = Controls.of(**controls)
         ids = self.encode_prime(prime)
         if prime and include_prime:
             yield prime
-        for pieces in self.steps(ids, 1, controls):
+        for pieces in self.steps(ids, 1, c):
             if pieces[0]:
                 yield pieces[0]
 
-    def generate(self, prime: str = "", length: int | None = GENERATE_LENGTH, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None,
-                 repetition_penalty: float | None = None, stop=None, seed: int | None = None,
-                 max_chars: int | None = None) -> str:
+    @documented
+    def generate(self, prime: str = "", **controls) -> str:
         """The prime followed by one generated continuation, as one string.
 
-        Args:
-            prime: text the model reads first and the output starts with.
-            length: tokens to generate (None: until max_chars or a stop string).
-            temperature: > 0 scales randomness (lower is safer); 0 always picks the most likely.
-            top_k: sample only among the k most likely tokens.
-            top_p: sample only among the most likely tokens whose probabilities reach top_p.
-            repetition_penalty: > 1 discourages the tokens of the last 64 (CTRL's penalty).
-            stop: a string or list of strings; the text ends where one first appears (excluded).
-            seed: the same seed gives the same text; None draws a fresh one.
-            max_chars: the continuation ends after this many characters.
+        `prime` is the text the model reads first and the output starts with; the
+        decoding controls are keywords (all checked, unknown names refused), e.g.
+        `generate(prime="ROMEO:", length=200, temperature=0.8, seed=1)`.
         """
-        return "".join(self.stream(prime, length, temperature, top_k, top_p, repetition_penalty,
-                                   stop, seed, max_chars))
+        return "".join(self.stream(prime, **controls))
 
-    def sample(self, prime: str = "", num_samples: int = 8, length: int | None = GENERATE_LENGTH,
-               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-               repetition_penalty: float | None = None, stop=None, seed: int | None = None,
-               max_chars: int | None = None) -> list[str]:
+    @documented
+    def sample(self, prime: str = "", num_samples: int = 8, **controls) -> list[str]:
         """`num_samples` independent continuations of one prime, generated as one batch.
 
         Sample i uses the random stream (seed, i): sample 0 equals `generate` with the same seed.
-        Other arguments as in `generate`.
         """
-        controls = _controls(length, temperature, top_k, top_p, repetition_penalty, stop, seed, max_chars)
-        _require(num_samples >= 1, f"num_samples must be at least 1, not {num_samples}")
+        c = Controls.of(**controls)
+        require(num_samples >= 1, f"num_samples must be at least 1, not {num_samples}")
         parts = [[prime] for _ in range(num_samples)]  # joined once at the end: linear time
-        for pieces in self.steps(self.encode_prime(prime), num_samples, controls):
+        for pieces in self.steps(self.encode_prime(prime), num_samples, c):
             for part, piece in zip(parts, pieces):
                 part.append(piece)
         return ["".join(part) for part in parts]
@@ -166,7 +120,7 @@ class TextGenerator:
         logits = np.repeat(logits, num_samples, axis=0)  # (n, vocab)
         states = [np.repeat(s, num_samples, axis=0) for s in states]  # (n, units) each
         streams = sampler.Streams(c.seed, num_samples)
-        recent = _Recent(ids, num_samples, c.penalty_window) if c.repetition_penalty else None
+        recent = _Recent(ids, num_samples, sampler.DEFAULT_PENALTY_WINDOW) if c.repetition_penalty else None
         ends = [sampler.StopText(list(c.stop), c.max_chars) for _ in range(num_samples)]
         text = _PieceDecoder(self.tokenizer, num_samples)
         # BLAS stays single-threaded while this generation runs (see textgen.stepper).
@@ -263,14 +217,3 @@ def load(path: str | Path) -> TextGenerator:
     """Load a checkpoint bundle for generation: `textgen.load("checkpoints/x")`."""
     return TextGenerator(load_bundle(path))
 
-
-def _controls(length, temperature, top_k, top_p, repetition_penalty, stop, seed, max_chars) -> Controls:
-    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    return Controls(length=length, temperature=temperature, top_k=top_k, top_p=top_p,
-                    repetition_penalty=repetition_penalty, stop=stops, seed=seed,
-                    max_chars=max_chars).check()
-
-
-def _require(condition, message: str) -> None:
-    if not condition:
-        raise TextgenError(message)

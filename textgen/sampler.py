@@ -120,8 +120,9 @@ def sample(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0, top_k: i
            recent: np.ndarray | None = None) -> np.ndarray:
     """Next token ids (batch,) from logits (batch, vocab) with every control applied.
 
-    Order: repetition penalty (over `recent`), temperature (0 = greedy), top-k, top-p, draw
-    with the uniforms u (batch,). Filtering after temperature matters for top-p only.
+    Order: repetition penalty (over `recent`), temperature (0 = greedy), top-k (0 or None =
+    off), top-p, draw with the uniforms u (batch,). Filtering after temperature matters for
+    top-p only.
     """
     if penalty is not None and penalty != 1.0 and recent is not None:
         logits = repetition_penalty(logits, recent, penalty)
@@ -131,7 +132,7 @@ def sample(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0, top_k: i
     # then sends the others to -inf instead of overflowing the largest to +inf (NaN).
     logits = np.asarray(logits, np.float32)
     logits = apply_temperature(logits - logits.max(axis=-1, keepdims=True), temperature)
-    if top_k is not None:
+    if top_k:
         logits = filter_top_k(logits, top_k)
     if top_p is not None:
         logits = filter_top_p(logits, top_p)

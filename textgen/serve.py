@@ -7,7 +7,8 @@
 
 Starlette + uvicorn: Starlette is the small, well-kept ASGI toolkit FastAPI is built on,
 with streaming responses built in; uvicorn is its reference server. FastAPI's extra
-(pydantic models, OpenAPI) buys little for one seven-field request checked below.
+(pydantic models, OpenAPI) buys little for one small request: its decoding controls are
+checked by the schema every entry point shares (`textgen.controls`), its caps below.
 
 Generation is CPU-bound, so it runs in a thread pool, never on the event loop. The
 model is shared behind a lock taken for one token at a time: concurrent requests
@@ -19,16 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from textgen.config import TextgenError
-from textgen.generate import Controls, TextGenerator, load
+from textgen.config import TextgenError, fits_type, require
+from textgen.controls import Controls
+from textgen.generate import TextGenerator, load
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_PRIME_CHARS = 2000
@@ -47,65 +48,53 @@ class BadRequest(Exception):
         self.status = status
 
 
+# The decoding controls a request may set: checked by `Controls` like everywhere else.
+# Serving one more is a word here, once its cost on a shared server is bounded (stop
+# strings of any size would make stop matching quadratic).
+SERVED = ("length", "temperature", "top_k", "top_p", "seed")
+
+
 @dataclass(frozen=True)
 class GenerateRequest:
-    """A validated /generate body."""
+    """A validated /generate body: the server's own fields and the decoding controls."""
 
     prime: str = ""
-    length: int = 200
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
     num_samples: int = 1
+    controls: Controls = Controls()
 
 
 def parse_request(body: bytes, generator: TextGenerator) -> GenerateRequest:
-    """Check a JSON body field by field; the first problem raises BadRequest."""
+    """Check a JSON body: the controls by their schema, then this server's caps.
+
+    The first problem raises BadRequest with a one-line message.
+    """
     try:
         data = json.loads(body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except ValueError:  # not JSON, not UTF-8, or an integer past Python's 4,300 digits
         raise BadRequest("body must be a JSON object") from None
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
-    unknown = sorted(set(data) - set(GenerateRequest.__dataclass_fields__))
+    unknown = sorted(set(data) - {"prime", "num_samples", *SERVED})
     if unknown:
         raise BadRequest(f"unknown field {unknown[0]!r}")
-    request = GenerateRequest(**data)
-    _check_fields(request, generator)
     try:
+        request = GenerateRequest(data.pop("prime", ""), data.pop("num_samples", 1), Controls.of(**data))
+        _check_caps(request)
         generator.encode_prime(request.prime)
     except TextgenError as err:
         raise BadRequest(str(err)) from None
     return request
 
 
-def _check_fields(r: GenerateRequest, generator: TextGenerator) -> None:
-    _require(isinstance(r.prime, str) and len(r.prime) <= MAX_PRIME_CHARS,
-             f"prime must be a string of at most {MAX_PRIME_CHARS} characters")
-    _require(_is_int(r.length) and 1 <= r.length <= MAX_LENGTH, f"length must be an integer in 1..{MAX_LENGTH}")
-    _require(_is_number(r.temperature) and 0 <= r.temperature <= MAX_TEMPERATURE,
-             f"temperature must be a number in 0..{MAX_TEMPERATURE:g}")
-    _require(_is_int(r.num_samples) and 1 <= r.num_samples <= MAX_SAMPLES,
-             f"num_samples must be an integer in 1..{MAX_SAMPLES}")
-    _require(r.seed is None or (_is_int(r.seed) and 0 <= r.seed < 2**63), "seed must be null or an integer in 0..2^63-1")
-    vocab = generator.config.model.vocab_size
-    _require(r.top_k is None or (_is_int(r.top_k) and 0 <= r.top_k <= vocab),
-             f"top_k must be null or an integer in 0..{vocab} (0 = off)")
-    _require(r.top_p is None or (_is_number(r.top_p) and 0 < r.top_p <= 1), "top_p must be null or a number in (0, 1]")
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise BadRequest(message)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+def _check_caps(r: GenerateRequest) -> None:
+    """This server's limits on top of the schema's: bounded work and memory per request."""
+    require(isinstance(r.prime, str) and len(r.prime) <= MAX_PRIME_CHARS,
+            f"prime must be a string of at most {MAX_PRIME_CHARS} characters")
+    require(fits_type("int", r.num_samples) and 1 <= r.num_samples <= MAX_SAMPLES,
+            f"num_samples must be an integer in 1..{MAX_SAMPLES}")
+    length = r.controls.length
+    require(length is not None and length <= MAX_LENGTH, f"length must be an integer in 1..{MAX_LENGTH}")
+    require(r.controls.temperature <= MAX_TEMPERATURE, f"temperature must be a number in 0..{MAX_TEMPERATURE:g}")
 
 
 class ModelWorker:
@@ -123,12 +112,10 @@ class ModelWorker:
         All samples are generated as one batch (sample i uses the random stream
         (seed, i), as `TextGenerator.sample` does); one step is one token of each.
         """
-        controls = Controls(length=r.length, temperature=r.temperature, top_k=r.top_k or None,
-                            top_p=r.top_p, seed=r.seed).check()
         ids = self.generator.encode_prime(r.prime)
         if r.prime:
             yield [(i, r.prime) for i in range(r.num_samples)]
-        for step in self.generator.steps(ids, r.num_samples, controls):
+        for step in self.generator.steps(ids, r.num_samples, r.controls):
             yield [(i, piece) for i, piece in enumerate(step) if piece]
 
     async def stream(self, r: GenerateRequest) -> AsyncIterator[tuple[int, str]]:
@@ -257,7 +244,13 @@ def _health(generator: TextGenerator) -> dict:
               "max_temperature": MAX_TEMPERATURE, "max_body_bytes": MAX_BODY_BYTES}
     return {"status": "ok", "name": cfg.name, "level": cfg.tokenizer.level,
             "vocab_size": cfg.model.vocab_size, "step": generator.state.get("step"),
-            "defaults": asdict(GenerateRequest()), "limits": limits}
+            "defaults": _defaults(), "limits": limits}
+
+
+def _defaults() -> dict:
+    """What a request gets for each field it leaves out."""
+    r = GenerateRequest()
+    return {"prime": r.prime, **{name: getattr(r.controls, name) for name in SERVED}, "num_samples": r.num_samples}
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -286,7 +279,11 @@ def make_server(app):
 
 
 def serve(bundle: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Load a bundle and serve it until Ctrl-C."""
+    """Load a bundle and serve it until Ctrl-C.
+
+    On SIGINT uvicorn finishes its graceful shutdown, then raises the signal again
+    (uvicorn >= 0.29), so KeyboardInterrupt reaches the CLI: exit 130, as for any command.
+    """
     generator = load(bundle)
     sock = bind(host, port)
     server = make_server(make_app(generator))

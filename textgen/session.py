@@ -19,10 +19,11 @@ import tensorflow as tf
 
 from textgen import distribute
 from textgen.callbacks import BestBundle
-from textgen.checkpoint import restore_variables, save_bundle, save_resume_state
+from textgen.bundle import save_bundle
 from textgen.config import Config, TextgenError
 from textgen.data import StreamLayout, make_stream_dataset
 from textgen.model import CarriedStateModel, build_model, build_stateful_model, copy_weights
+from textgen.resume import restore_variables, save_resume_state
 
 
 @dataclass

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -38,6 +38,8 @@ _WORD_CHUNK_BOUNDARY = re.compile(r"(?<=\n)(?=\S)")
 # (no word, punctuation or BPE piece has a space after a non-space inside it).
 _SPACE_BOUNDARY = re.compile(r"(?<=\S)(?= )")
 _CHUNK_CHARS = 1 << 20
+# A piece with no safe cut is carried on up to this many characters, then cut anyway.
+MAX_PIECE_CHARS = 1 << 24
 
 
 def build_tokenizer(texts: Iterable[str], level: str, vocab_size: int = 20_000) -> Tokenizer:
@@ -169,6 +171,28 @@ def safe_cut(text: str) -> int:
             if cuts and cuts[-1] > 0:
                 return cuts[-1]
     return 0
+
+
+def token_pieces(texts: Iterable[str], level: str, max_chars: int = MAX_PIECE_CHARS) -> Iterator[str]:
+    """Text chunks re-cut where no token of `level` spans, so each piece encodes on its own.
+
+    Char level: any cut is safe, the chunks pass through. Word and bpe: each piece ends at
+    its last `safe_cut` and the rest joins the next chunk; text with no safe place (no
+    space or line start) is carried on until it is `max_chars` long, then passed on whole,
+    so memory stays bounded: only such text can have a token split.
+    """
+    if level == "char":
+        yield from texts
+        return
+    carry = ""
+    for text in texts:
+        text = carry + text
+        cut = safe_cut(text) or (len(text) if len(text) >= max_chars else 0)
+        text, carry = text[:cut], text[cut:]
+        if text:
+            yield text
+    if carry:
+        yield carry
 
 
 def _word_chunks(text: str, size: int | None = None) -> list[str]:

@@ -20,11 +20,12 @@ import keras
 
 from textgen import callbacks as cb
 from textgen import distribute, monitor
-from textgen.checkpoint import CONFIG_FILE, load_bundle, load_resume_state
+from textgen.bundle import CONFIG_FILE, load_bundle
 from textgen.config import (Config, Interrupted, RunConfig, TextgenError, check_memory, config_from_options,
                             fine_tune_config, resumed_config, split_options)
 from textgen.corpus_cache import TokenIds, token_ids
 from textgen.data import check_length, resolve_paths, sources_digest, split_ids
+from textgen.resume import load_resume_state
 from textgen.session import Prepared, Session, build_session
 
 
@@ -173,7 +174,7 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, run: RunConfig, str
         run: the run's settings (mixed precision, what TensorBoard gets).
         strategy: a tf.distribute.Strategy; the trainer is built inside its scope and the
             batch split by rows, one set of streams per replica.
-        resume_state: a checkpoint.ResumeState to continue from exactly.
+        resume_state: a resume.ResumeState to continue from exactly.
         init_model: a Keras model whose weights start the run (fine-tuning).
         extra_callbacks: more Keras callbacks for model.fit.
     """
