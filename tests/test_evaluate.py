@@ -1,9 +1,13 @@
 import math
 
 import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from textgen.evaluate import evaluate_texts
 from textgen.tokenizer import encode
+from tests.test_tokenizer import SCHEMES, TRICKY_ALPHABET
 
 
 def test_evaluate_equals_mean_loss_computed_directly(tiny_generator, corpus_text, monkeypatch):
@@ -87,3 +91,28 @@ def test_bad_files_get_clear_errors(tiny_generator, tmp_path):
         (tmp_path / "f.txt").write_bytes(data)
         with pytest.raises(TextgenError, match=message):
             evaluate_files(tiny_generator, [tmp_path / "f.txt"])
+
+
+def _cut_as_read_pieces(text: str, window: int) -> list[str]:
+    """Pieces as `read_pieces` makes them: a window at a time, cut at evaluate's `_cut` (a piece
+    with no place to cut is carried on here; the reader passes a 1 MB one on whole)."""
+    from textgen.evaluate import _cut
+
+    pieces, carry = [], ""
+    for start in range(0, len(text), window):
+        carry += text[start : start + window]
+        cut = _cut(carry)
+        if cut < len(carry):
+            pieces.append(carry[:cut])
+            carry = carry[cut:]
+    return pieces + [carry]
+
+
+@pytest.mark.parametrize("scheme", ["word", "word lowercase", "legacy word", "bpe"])
+@settings(deadline=None, derandomize=True, max_examples=40)
+@given(text=st.text(alphabet=TRICKY_ALPHABET, min_size=1, max_size=150), window=st.integers(1, 20))
+def test_evaluate_cuts_leave_word_ids_unchanged(scheme, text, window):
+    tok = SCHEMES[scheme](text)
+    pieces = _cut_as_read_pieces(text, window)
+    assert "".join(pieces) == text
+    assert [i for piece in pieces for i in tok.encode(piece).ids] == tok.encode(text).ids
