@@ -61,9 +61,12 @@ def option(default: Any, help: str, *, resumable: bool = False, group: str | Non
 class TokenizerConfig:
     """How text becomes token ids."""
 
-    level: str = option("char", "token level", choices=LEVELS)  # char, word (+ punctuation, spaces) or bpe
+    # char: every character; word: words and punctuation with their space; bpe: byte-level BPE
+    level: str = option("char", "token level", choices=LEVELS)
     vocab_size: int = option(20_000, "word/bpe vocabulary size")  # char level keeps every character seen
     encoding: str = option("utf-8", "corpus encoding")  # how corpus files are decoded
+    # a Lowercase normalizer inside tokenizer.json
+    lowercase: bool = option(False, "fold case: the model reads and writes lowercase text")
 
     def validate(self) -> None:
         require(self.level in LEVELS, f"level must be one of {', '.join(LEVELS)}, not {self.level!r}")
@@ -361,6 +364,8 @@ def fits_type(annotation: str, value: Any) -> bool:
     optional = "None" in annotation
     if value is None:
         return optional
+    if annotation.startswith("bool"):
+        return isinstance(value, bool)
     if annotation.startswith("int"):
         return isinstance(value, int) and not isinstance(value, bool)
     if annotation.startswith("float"):

@@ -22,7 +22,7 @@ from textgen.bundle import Bundle, load_bundle
 from textgen.config import TextgenError, require
 from textgen.controls import Controls, documented
 from textgen.stepper import LSTMStepper
-from textgen.tokenizer import SPECIAL_TOKENS, decode, encode, unknown_characters
+from textgen.tokenizer import SPECIAL_TOKENS, decode, encode, unknown_characters, word_edges
 
 PRIME_CHUNK = 1024  # tokens of the prime read per call
 
@@ -45,6 +45,7 @@ class TextGenerator:
         self.state = bundle.state
         # Never invent [UNK] or a [DOC] separator (bundles older than [DOC] lack it).
         self._banned = [i for i in map(self.tokenizer.token_to_id, SPECIAL_TOKENS) if i is not None]
+        self._edges = word_edges(self.tokenizer)  # word level: never glue two words (None elsewhere)
         self._stepper = LSTMStepper.from_model(self.model)  # a snapshot of the weights
 
     @classmethod
@@ -116,7 +117,9 @@ class TextGenerator:
         carries any text held back while it could still have begun a stop string.
         """
         c = controls
-        logits, states = self._read(ids if len(ids) else self._start_ids())  # (1, vocab)
+        context = ids if len(ids) else self._start_ids()
+        logits, states = self._read(context)  # (1, vocab)
+        previous = np.repeat(context[-1:], num_samples)  # (n,) each sample's last token
         logits = np.repeat(logits, num_samples, axis=0)  # (n, vocab)
         states = [np.repeat(s, num_samples, axis=0) for s in states]  # (n, units) each
         streams = sampler.Streams(c.seed, num_samples)
@@ -128,10 +131,13 @@ class TextGenerator:
             step = 0
             while c.length is None or step < c.length:
                 logits[:, self._banned] = -np.inf
+                if self._edges is not None:
+                    logits = sampler.forbid_glue(logits, previous, *self._edges)
                 tokens = sampler.sample(logits, streams.uniform(), c.temperature, c.top_k, c.top_p,
                                         c.repetition_penalty, recent.ids if recent is not None else None)  # (n,)
                 if recent is not None:
                     recent.add(tokens)
+                previous = tokens
                 yield [end.feed(piece) for end, piece in zip(ends, text.pieces(tokens))]
                 step += 1
                 if all(end.done for end in ends):
