@@ -122,6 +122,29 @@ def test_out_of_range_hyperparameters_are_refused(tmp_path, capsys, corpus_file)
     assert_one_line_error(code, err, "dropout")
 
 
+def test_readme_train_flag_table_lists_every_train_option_with_its_default():
+    import re
+
+    from textgen.config import train_options
+
+    section = (ROOT / "README.md").read_text().split("## `textgen train CORPUS...`")[1].split("\n#")[0]
+    table = dict(re.findall(r"^\| `(--[a-z-]+)[^`]*` \| ([^|]+) \|", section, re.M))
+    assert set(table) == {option.flag for option in train_options()} | {"--verbose"}
+    for option in train_options():
+        if option.default is not None and option.kind is not bool:
+            assert table[option.flag].strip().strip("`") == str(option.default), option.flag
+
+
+def test_only_typed_train_flags_become_train_keywords():
+    """Untyped flags stay out, so train's defaults (config.py's) apply and a resume can tell them apart."""
+    from textgen.cli import build_parser, train_keywords
+
+    args = build_parser().parse_args(["train", "c.txt", "--units", "8", "--no-histograms", "--mixed-precision",
+                                      "--max-minutes", "1.5", "--verbose"])
+    assert train_keywords(args) == {"units": 8, "histograms": False, "mixed_precision": True, "max_minutes": 1.5}
+    assert train_keywords(build_parser().parse_args(["train", "c.txt"])) == {}
+
+
 def test_version(capsys):
     code, out, _ = run(capsys, "--version")
     assert code == 0 and out.strip() == f"textgen {__version__}"

@@ -9,14 +9,13 @@ training finishes the step, saves, prints how to resume and exits 130 or 143.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 from typing import Any, Sequence
 
 from textgen import __version__
-from textgen.config import LEVELS, Interrupted, ModelConfig, TextgenError, TokenizerConfig, TrainConfig
+from textgen.config import Interrupted, TextgenError, TrainOption, train_options
 from textgen.controls import RULES, Rule
 
 EXIT_USAGE = 2
@@ -74,64 +73,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _defaults(section: type) -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(section)}
-
-
 def _add_train(p: argparse.ArgumentParser) -> None:
-    # Options default to "not given" (SUPPRESS) so a resumed run can tell a flag the user
-    # typed from a default; the defaults shown come from the config dataclasses.
-    d = {**_defaults(TokenizerConfig), **_defaults(ModelConfig), **_defaults(TrainConfig)}
-
-    def option(group, flag: str, help: str, **kwargs):
-        key = flag[2:].replace("-", "_")
-        shown = f" (default: {d[key]})" if d.get(key) is not None else ""
-        group.add_argument(flag, default=argparse.SUPPRESS, help=help + shown, **kwargs)
-
     p.add_argument("corpus", nargs="+", metavar="CORPUS",
                    help="text file(s), a folder of .txt files, or a known corpus name (shakespeare, pydoc)")
-    p.add_argument("--glob", default="*.txt", help="files of a folder to read; '**/*.txt' recurses (default: %(default)s)")
-    g = p.add_argument_group("tokens")
-    option(g, "--level", "token level", choices=LEVELS)
-    option(g, "--vocab-size", "word/bpe vocabulary size", type=int)
-    option(g, "--encoding", "corpus encoding")
-    option(g, "--lowercase", "fold case: the model reads and writes lowercase text", action="store_true")
-    g = p.add_argument_group("model")
-    option(g, "--layers", "LSTM layers", type=int)
-    option(g, "--units", "units per LSTM layer", type=int)
-    option(g, "--embedding-dim", "token embedding width", type=int)
-    option(g, "--dropout", "dropout between layers", type=float)
-    g = p.add_argument_group("training")
-    option(g, "--seq-len", "tokens per sequence (state is carried across sequences)", type=int)
-    option(g, "--batch-size", "sequences (contiguous streams) per step", type=int)
-    option(g, "--learning-rate", "Adam's peak rate; cosine decay to 0.1x over the budget", type=float)
-    option(g, "--clip-norm", "global gradient-norm cap", type=float)
-    option(g, "--epochs", "at most this many passes", type=int)
-    option(g, "--max-steps", "stop after this many optimizer steps", type=int)
-    option(g, "--max-minutes", "wall-time budget, validation included", type=float)
-    option(g, "--val-fraction", "held-out tail of the corpus", type=float)
-    option(g, "--patience", "validations without improvement before stopping", type=int)
-    option(g, "--seed", "initial weights and dropout", type=int)
-    option(g, "--checkpoint-every", "steps between resume states (default: about every 5 minutes)", type=int)
-    g.add_argument("--val-file", default=None, help="validate on this file instead of the corpus tail")
-    g = p.add_argument_group("devices")
-    g.add_argument("--strategy", default="default", choices=["auto", "default", "mirrored", "multi-worker"],
-                   help="tf.distribute strategy; --batch-size is the global batch (default: %(default)s)")
-    g.add_argument("--mixed-precision", action="store_true",
-                   help="compute in float16 on GPUs, bfloat16 elsewhere; weights stay float32")
-    g = p.add_argument_group("output")
-    g.add_argument("--name", default=None, help="run name (default: the corpus file's stem)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing run of that name")
-    g.add_argument("--resume", action="store_true", help="continue run NAME where it stopped")
-    g.add_argument("--init-from", default=None, metavar="BUNDLE",
-                   help="start from a bundle's weights and tokenizer (fine-tune on a new corpus)")
-    g.add_argument("--checkpoint-dir", default="checkpoints", help="bundles go in DIR/NAME (default: %(default)s)")
-    g.add_argument("--log-dir", default="runs", help="TensorBoard logs go in DIR/NAME (default: %(default)s)")
-    g.add_argument("--sample-every", type=_positive_int, default=None, metavar="N",
-                   help="also write TensorBoard text samples every N steps (always at epoch ends)")
-    g.add_argument("--no-histograms", dest="histograms", action="store_false",
-                   help="do not write weight histograms at epoch ends")
+    groups: dict[str, Any] = {}
+    for option in train_options():
+        if option.group not in groups:
+            groups[option.group] = p.add_argument_group(option.group)
+        _add_option(groups[option.group], option)
     p.set_defaults(run=_run_train)
+
+
+def _add_option(group, option: TrainOption) -> None:
+    """One train option as a flag. Flags default to "not given" (SUPPRESS), so only typed ones
+    reach `train` (a resumed run tells them from defaults) and the defaults live in config.py."""
+    shown = "" if option.default is None or option.kind is bool else f" (default: {option.default})"
+    if option.kind is bool:
+        kwargs = {"action": "store_false" if option.default else "store_true", "dest": option.name}
+    else:
+        kwargs = {"type": option.kind, "choices": option.choices, "metavar": option.metavar}
+    group.add_argument(option.flag, default=argparse.SUPPRESS, help=option.help + shown, **kwargs)
 
 
 def _add_generate(p: argparse.ArgumentParser) -> None:
@@ -219,18 +180,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
-_NOT_OPTIONS = {"corpus", "name", "overwrite", "resume", "init_from", "checkpoint_dir", "log_dir",
-                "val_file", "glob", "verbose", "run", "sample_every", "histograms"}
-
-
 def _run_train(args: argparse.Namespace) -> int:
     from textgen.training import train
 
-    options = {k: v for k, v in vars(args).items() if k not in _NOT_OPTIONS}
-    train(args.corpus, name=args.name, overwrite=args.overwrite, resume=args.resume, init_from=args.init_from,
-          checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir, val_file=args.val_file, glob=args.glob,
-          sample_every=args.sample_every, histograms=args.histograms, **options)
+    train(args.corpus, **train_keywords(args))
     return 0
+
+
+def train_keywords(args: argparse.Namespace) -> dict[str, Any]:
+    """The train options typed on the command line, as `textgen.train` keywords."""
+    names = {option.name for option in train_options()}
+    return {key: value for key, value in vars(args).items() if key in names}
 
 
 def _run_generate(args: argparse.Namespace) -> int:
