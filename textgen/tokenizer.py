@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -105,8 +106,13 @@ def code_points(text: str) -> np.ndarray:
 
 
 def tokenizer_level(tokenizer: Tokenizer) -> str:
-    """Recognise which textgen level a tokenizer was built for."""
-    pre = json.loads(tokenizer.to_str()).get("pre_tokenizer") or {}
+    """Recognise which textgen level a tokenizer was built for (worked out once per tokenizer)."""
+    return _known(tokenizer)[0]
+
+
+def spec_level(spec: dict) -> str:
+    """The textgen level a tokenizer's JSON description (`to_str()`, tokenizer.json) is of."""
+    pre = spec.get("pre_tokenizer") or {}
     if pre.get("type") == "ByteLevel":
         return "bpe"
     pattern = (pre.get("pattern") or {}).get("Regex")
@@ -116,13 +122,33 @@ def tokenizer_level(tokenizer: Tokenizer) -> str:
     return levels[pattern]
 
 
+# Per tokenizer, its level and (char level) its CharTable: `to_str()` serialises the whole
+# vocabulary (~0.1 s at 200K tokens), far too slow to repeat on every encode.
+_KNOWN: "weakref.WeakKeyDictionary[Tokenizer, tuple[str, CharTable | None]]" = weakref.WeakKeyDictionary()
+
+
+def _known(tokenizer: Tokenizer) -> "tuple[str, CharTable | None]":
+    known = _KNOWN.get(tokenizer)
+    if known is None:
+        level = spec_level(json.loads(tokenizer.to_str()))
+        known = _KNOWN[tokenizer] = (level, CharTable(tokenizer) if level == "char" else None)
+    return known
+
+
 def encode(tokenizer: Tokenizer, text: str) -> np.ndarray:
     """Token ids of `text` as int32, shape (n_tokens,)."""
-    if tokenizer_level(tokenizer) == "char":
-        return CharTable(tokenizer).encode(text)
+    level, table = _known(tokenizer)
+    if table is not None:
+        return table.encode(text)
     chunks = _word_chunks(text)
     ids = [np.asarray(e.ids, dtype=np.int32) for e in tokenizer.encode_batch(chunks)]
     return np.concatenate(ids) if ids else np.zeros(0, np.int32)
+
+
+def is_panic(err: BaseException) -> bool:
+    """Whether `err` is a Rust panic inside `tokenizers` (pyo3's PanicException, which is a
+    BaseException: `except Exception` lets it through)."""
+    return type(err).__name__ == "PanicException"
 
 
 def decode(tokenizer: Tokenizer, ids: Iterable[int]) -> str:
