@@ -38,7 +38,8 @@ def post(url, body, raw=False, timeout=60):
 
 def read_events(url, body, timeout=60):
     """POST to the stream endpoint; return [(event name, data)] in order."""
-    request = urllib.request.Request(url + "generate/stream", data=json.dumps(body).encode())
+    request = urllib.request.Request(url + "generate/stream", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         assert response.headers["Content-Type"].startswith("text/event-stream")
         blocks = response.read().decode().split("\n\n")
@@ -109,8 +110,8 @@ def test_a_stalled_streaming_client_does_not_block_others(server_url):
     stalled = socket.create_connection((host, int(port)), timeout=30)
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it reads nothing, so buffers fill
     body = json.dumps({"prime": "The", "length": 2000, "seed": 1}).encode()
-    stalled.sendall(b"POST /generate/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    stalled.sendall(b"POST /generate/stream HTTP/1.1\r\nHost: %s:%s\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (host.encode(), port.encode(), len(body), body))
     try:
         time.sleep(1.0)  # the long generation is under way
         start = time.perf_counter()

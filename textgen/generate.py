@@ -119,7 +119,7 @@ class TextGenerator:
         run = Decoding(self, ids, num_samples, controls)
         logits, states = self.read_prime(ids, num_samples)  # (n, vocab)
         # BLAS stays single-threaded while this generation runs (see textgen.stepper).
-        with self._stepper.single_threaded():
+        with self.single_threaded():
             while True:
                 tokens = run.choose(logits)  # (n,)
                 yield run.pieces(tokens)
@@ -132,6 +132,10 @@ class TextGenerator:
         """Read prime ids (time,) once: logits (n, vocab) and states for n samples of it."""
         logits, states = self._read(ids if len(ids) else self._start_ids())  # (1, vocab)
         return np.repeat(logits, num_samples, axis=0), [np.repeat(s, num_samples, axis=0) for s in states]
+
+    def single_threaded(self):
+        """Context manager: BLAS single-threaded; hold it around a loop of `step`s."""
+        return self._stepper.single_threaded()
 
     def step(self, tokens: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """One token per row: tokens (batch,) -> logits (batch, vocab) and the new states.
