@@ -34,7 +34,7 @@ from pathlib import Path
 
 from textgen.api import (MAX_BODY_BYTES, MAX_LENGTH, MAX_PRIME_CHARS, MAX_SAMPLES, MAX_TEMPERATURE, ApiError,
                          GenerateRequest, defaults, parse_request)
-from textgen.batching import MAX_ROWS, Job, QueueFull, RequestTimeout, Scheduler
+from textgen.batching import MAX_ROWS, QUEUE_PER_BATCH, Job, QueueFull, RequestTimeout, Scheduler
 from textgen.config import TextgenError, require
 from textgen.generate import TextGenerator, load
 
@@ -78,7 +78,7 @@ class Generations:
         try:
             self.scheduler.submit(job)
         except QueueFull as err:
-            raise ApiError(f"{err}; retry in a moment", 503, {"Retry-After": str(RETRY_AFTER)}) from None
+            raise _as_api_error(err) from None
         return self._pieces(job, queue)
 
     @staticmethod
@@ -109,7 +109,7 @@ def _as_api_error(err: BaseException) -> ApiError:
     if isinstance(err, RequestTimeout):
         return ApiError(str(err), 504)
     if isinstance(err, QueueFull):
-        return ApiError(str(err), 503, {"Retry-After": str(RETRY_AFTER)})
+        return ApiError(f"{err}; retry in a moment", 503, {"Retry-After": str(RETRY_AFTER)})
     if isinstance(err, TextgenError):
         return ApiError(str(err))
     return ApiError(f"internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", 500)
@@ -291,7 +291,7 @@ def make_server(app, limits: Limits = Limits()):
     """
     import uvicorn
 
-    queue = limits.max_queue if limits.max_queue is not None else 2 * limits.max_rows
+    queue = limits.max_queue if limits.max_queue is not None else QUEUE_PER_BATCH * limits.max_rows
     return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                                          timeout_graceful_shutdown=SHUTDOWN_SECONDS,
                                          limit_concurrency=max(1024, 8 * (limits.max_rows + queue))))
