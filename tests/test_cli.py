@@ -30,6 +30,20 @@ def assert_one_line_error(code, err, pattern):
     assert "error" in lines[0] and pattern in lines[0], lines[0]
 
 
+def test_lowercase_word_level_reports_coverage_and_writes_lowercase(tmp_path, capsys):
+    corpus = tmp_path / "plays.txt"
+    corpus.write_text(make_text(), encoding="utf-8")
+    code, out, _ = run(capsys, "train", corpus, "--checkpoint-dir", tmp_path / "ck", "--log-dir", tmp_path / "runs",
+                       "--level", "word", "--lowercase", "--vocab-size", 12, "--max-steps", 3, *TINY_FLAGS)
+    assert code == 0 and "Vocabulary 12 covers" in out
+    bundle = tmp_path / "ck" / "plays"
+    code, out, _ = run(capsys, "generate", bundle, "--prime", "The", "--length", 30, "--seed", 5)
+    assert code == 0 and out.startswith("The") and out[3:] == out[3:].lower()  # the prime is echoed as typed
+    (tmp_path / "val.txt").write_text(make_text(20).upper(), encoding="utf-8")  # folded: no [UNK] for case
+    code, out, _ = run(capsys, "evaluate", bundle, tmp_path / "val.txt", "--json")
+    assert code == 0 and 0 < json.loads(out)["bits_per_char"] < 8
+
+
 def test_train_generate_evaluate_end_to_end(tmp_path, capsys):
     corpus = tmp_path / "plays.txt"
     corpus.write_text(make_text(), encoding="utf-8")

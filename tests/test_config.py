@@ -26,6 +26,10 @@ def test_wrong_types_and_ranges_are_refused():
         config_from_options(dropout=1.0)
     with pytest.raises(ConfigError, match="level"):
         config_from_options(level="byte")
+    data = Config().to_dict()
+    data["tokenizer"]["lowercase"] = "yes"
+    with pytest.raises(ConfigError, match="tokenizer.lowercase has the wrong type"):
+        Config.from_dict(data)
 
 
 def test_unknown_option_is_a_user_error():

@@ -1,3 +1,6 @@
+import json
+import re
+
 import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -114,6 +117,36 @@ def test_word_level_pieces_join_into_natural_text(word_generator):
     streamed = list(word_generator.stream(prime="The cat", length=60, seed=1))
     vocab = word_generator.tokenizer.get_vocab()
     assert "".join(streamed) == out and all(p in vocab for p in streamed[1:])  # tokens joined by nothing
+
+
+def letter_runs(text: str) -> list[str]:
+    return re.findall(r"[^\W\d_]+", text)
+
+
+def test_word_level_text_never_glues_two_words(word_generator):
+    words = set(letter_runs(make_text()))  # the corpus: words separated by spaces, lines by newlines
+    samples = word_generator.sample(prime="The cat", num_samples=8, length=200, temperature=2.0, seed=3)
+    assert {w for sample in samples for w in letter_runs(sample)} <= words  # no "catThe": only corpus words
+
+
+def test_a_bundle_with_the_legacy_word_tokenizer_loads_and_generates(tmp_path):
+    import textgen
+    from textgen.corpus_cache import sha256_file
+    from tests.test_tokenizer import legacy_word_tokenizer
+
+    corpus = tmp_path / "words.txt"
+    corpus.write_text(make_text(), encoding="utf-8")
+    bundle = textgen.train(str(corpus), checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs",
+                           level="word", vocab_size=16, max_steps=3, **TINY)
+    # What textgen wrote before words carried their space: the same vocabulary size, old tokens.
+    legacy_word_tokenizer([make_text()], vocab_size=16).save(str(bundle / "tokenizer.json"))
+    document = json.loads((bundle / "config.json").read_text())
+    document["files"]["tokenizer.json"] = sha256_file(bundle / "tokenizer.json")
+    (bundle / "config.json").write_text(json.dumps(document))
+    generator = textgen.load(bundle)
+    assert " " in generator.tokenizer.get_vocab() and " cat" not in generator.tokenizer.get_vocab()
+    text = generator.generate(prime="the cat", length=100, temperature=2.0, seed=0)
+    assert text.startswith("the cat") and set(letter_runs(text)) <= set(letter_runs(make_text()))
 
 
 def test_byte_level_tokens_are_decoded_incrementally_without_broken_characters():

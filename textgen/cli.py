@@ -95,6 +95,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     option(g, "--level", "token level", choices=LEVELS)
     option(g, "--vocab-size", "word/bpe vocabulary size", type=int)
     option(g, "--encoding", "corpus encoding")
+    option(g, "--lowercase", "fold case: the model reads and writes lowercase text", action="store_true")
     g = p.add_argument_group("model")
     option(g, "--layers", "LSTM layers", type=int)
     option(g, "--units", "units per LSTM layer", type=int)

@@ -42,9 +42,10 @@ class ConfigError(TextgenError, ValueError):
 class TokenizerConfig:
     """How text becomes token ids."""
 
-    level: str = "char"  # char: every character; word: words, punctuation, whitespace runs; bpe: byte-level BPE
+    level: str = "char"  # char: every character; word: words and punctuation with their space; bpe: byte-level BPE
     vocab_size: int = 20_000  # word and bpe vocabulary size (char level keeps every character seen)
     encoding: str = "utf-8"  # how corpus files are decoded
+    lowercase: bool = False  # fold case (a Lowercase normalizer inside tokenizer.json)
 
     def validate(self) -> None:
         require(self.level in LEVELS, f"level must be one of {', '.join(LEVELS)}, not {self.level!r}")
@@ -240,6 +241,8 @@ def fits_type(annotation: str, value: Any) -> bool:
     optional = "None" in annotation
     if value is None:
         return optional
+    if annotation.startswith("bool"):
+        return isinstance(value, bool)
     if annotation.startswith("int"):
         return isinstance(value, int) and not isinstance(value, bool)
     if annotation.startswith("float"):

@@ -1,7 +1,7 @@
 """Corpus files -> a token-id file on disk, built once by streaming and reused while unchanged.
 
     TEXTGEN_CACHE_DIR/tokens/KEY/      (default ~/.cache/textgen; KEY hashes the file
-        manifest.json                   paths and the tokenizer settings)
+        manifest.json                   paths, every tokenizer setting and tokenizer.SCHEME)
         tokenizer.json                 the tokenizer the ids belong to
         train.ids                      the corpus ids, files joined by [DOC]; uint8, uint16
         val.ids                        or uint32 by vocabulary size; --val-file's ids, if any
@@ -33,9 +33,9 @@ from tqdm.auto import tqdm
 from textgen.config import TextgenError, TokenizerConfig
 from textgen.corpora import cache_dir
 from textgen.text import read_chunks
-from textgen.tokenizer import DOC, CharTable, _word_chunks, build_tokenizer, token_pieces
+from textgen.tokenizer import DOC, SCHEME, UNK, CharTable, _word_chunks, build_tokenizer, token_pieces
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: unknown-token counts in the manifest; the key holds every setting and the scheme
 # Char level reads 16 MB at a time (per-call overhead vanishes, memory stays small);
 # word/bpe read 4 MB, cut into ~256K-character pieces so encode_batch has work for every
 # core while its Encoding objects (hundreds of bytes per token) stay small.
@@ -55,9 +55,16 @@ class TokenIds:
     val: np.ndarray | None  # (n_val_tokens,) the validation files' ids, when some were given
     characters: int  # characters of the corpus files (separators not counted)
     val_characters: int
+    unknown: int  # [UNK] tokens among `train`: words the capped vocabulary lacks
     sources: list[dict]  # [{"file", "bytes", "sha256"}] in reading order
     folder: Path
     reused: bool  # True when an up-to-date cache was found
+
+    def coverage_line(self) -> str:
+        """How much of the corpus the (capped) vocabulary covers, for word level's start-up lines."""
+        share = 1 - self.unknown / max(len(self.train), 1)
+        return (f"Vocabulary {self.tokenizer.get_vocab_size():,} covers {100 * share:.1f} % of word tokens "
+                f"({self.unknown:,} [UNK] in {len(self.train):,})")
 
 
 def cache_root() -> Path:
@@ -87,10 +94,13 @@ def token_ids(paths: list[Path], val_paths: list[Path], settings: TokenizerConfi
 
 
 def _key(paths: list[Path], val_paths: list[Path], settings: TokenizerConfig, tokenizer=None) -> str:
-    """One folder per (files, tokenizer settings or given tokenizer)."""
-    what = {"format": CACHE_FORMAT, "files": [str(p) for p in paths],
-            "val_files": [str(p) for p in val_paths], "level": settings.level,
-            "vocab_size": settings.vocab_size, "encoding": settings.encoding,
+    """One folder per (files, tokenizer settings or given tokenizer).
+
+    Every TokenizerConfig field is in the key, and the scheme of the tokens build_tokenizer
+    makes, so no setting (present or future) can reuse ids made another way.
+    """
+    what = {"format": CACHE_FORMAT, "scheme": SCHEME, "files": [str(p) for p in paths],
+            "val_files": [str(p) for p in val_paths], "settings": dataclasses.asdict(settings),
             "tokenizer": hashlib.sha256(tokenizer.to_str().encode()).hexdigest() if tokenizer else None}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -127,7 +137,8 @@ def _build(folder: Path, paths: list[Path], val_paths: list[Path], settings: Tok
                     "tokenizer_sha256": sha256_file(tokenizer_file), "dtype": np.dtype(dtype).name,
                     "sources": sources, "val_sources": val_sources,
                     "tokens": {p: c[0] for p, c in counts.items()},
-                    "characters": {p: c[1] for p, c in counts.items()}}
+                    "characters": {p: c[1] for p, c in counts.items()},
+                    "unknown": {p: c[2] for p, c in counts.items()}}
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if folder.exists():
             if _load_if_fresh(folder, paths, val_paths) is not None:
@@ -158,18 +169,20 @@ def _train_tokenizer(paths, val_paths, settings):
                 yield from _word_chunks(piece, SUBWORD_PIECE_CHARS) if settings.level != "char" else (piece,)
 
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, **_BAR, desc="building vocabulary") as bar:
-        tokenizer = build_tokenizer(pieces(bar), settings.level, settings.vocab_size)
+        tokenizer = build_tokenizer(pieces(bar), settings.level, settings.vocab_size, settings.lowercase)
     for record, digest in zip(sources + val_sources, digests):
         record["sha256"] = digest.hexdigest()
     return sources, val_sources, tokenizer
 
 
-def _encode_files(files, recorded, tokenizer, settings, out: Path, dtype) -> tuple[int, int]:
-    """Second pass: append each file's ids to `out`, [DOC] between files; (tokens, characters)."""
+def _encode_files(files, recorded, tokenizer, settings, out: Path, dtype) -> tuple[int, int, int]:
+    """Second pass: append each file's ids to `out`, [DOC] between files;
+    (tokens, characters, [UNK] tokens)."""
     doc_id = tokenizer.token_to_id(DOC)  # tokenizers older than [DOC] join files with a newline
     doc = np.array([doc_id] if doc_id is not None else tokenizer.encode("\n").ids, dtype=dtype)
     table = CharTable(tokenizer, dtype) if settings.level == "char" else None
-    tokens = characters = 0
+    unk_id = tokenizer.token_to_id(UNK)
+    tokens = characters = unknown = 0
     total = sum(r["bytes"] for r in recorded)
     with open(out, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, **_BAR,
                                     desc="tokenizing") as bar:
@@ -182,7 +195,8 @@ def _encode_files(files, recorded, tokenizer, settings, out: Path, dtype) -> tup
                 ids.astype(dtype, copy=False).tofile(f)
                 tokens += len(ids)
                 characters += len(text)
-    return tokens, characters
+                unknown += int(np.count_nonzero(ids == unk_id))  # vocabulary coverage, for free
+    return tokens, characters, unknown
 
 
 def _encode_piece(text: str, tokenizer: Tokenizer, table: CharTable | None) -> np.ndarray:
@@ -226,7 +240,7 @@ def _load_if_fresh(folder: Path, paths: list[Path], val_paths: list[Path]) -> To
     sources = [{"file": Path(s["file"]).name, "bytes": s["bytes"], "sha256": s["sha256"]}
                for s in manifest["sources"]]
     return TokenIds(tokenizer, arrays["train"], arrays.get("val"), chars["train"], chars.get("val", 0),
-                    sources, folder, reused=True)
+                    manifest["unknown"]["train"], sources, folder, reused=True)
 
 
 def _same_files(recorded: list[dict], paths: list[Path]) -> bool:

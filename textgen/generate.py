@@ -22,7 +22,7 @@ from textgen.bundle import Bundle, load_bundle
 from textgen.config import TextgenError, require
 from textgen.controls import Controls, documented
 from textgen.stepper import LSTMStepper
-from textgen.tokenizer import SPECIAL_TOKENS, decode, encode, unknown_characters
+from textgen.tokenizer import SPECIAL_TOKENS, decode, encode, unknown_characters, word_edges
 
 PRIME_CHUNK = 1024  # tokens of the prime read per call
 
@@ -45,6 +45,7 @@ class TextGenerator:
         self.state = bundle.state
         # Never invent [UNK] or a [DOC] separator (bundles older than [DOC] lack it).
         self._banned = [i for i in map(self.tokenizer.token_to_id, SPECIAL_TOKENS) if i is not None]
+        self._edges = word_edges(self.tokenizer)  # word level: never glue two words (None elsewhere)
         self._stepper = LSTMStepper.from_model(self.model)  # a snapshot of the weights
         self._piece_table = _PieceDecoder.piece_table(self.tokenizer)  # once: it reads the whole vocabulary
 
@@ -174,6 +175,9 @@ class Decoding:
     def __init__(self, generator: TextGenerator, ids: np.ndarray, num_samples: int, controls: Controls):
         c = self.controls = controls
         self.banned = generator._banned
+        self.edges = generator._edges  # word level: never glue two words
+        context = ids if len(ids) else generator._start_ids()
+        self.previous = np.repeat(context[-1:], num_samples)  # (n,) each sample's last token
         self.streams = sampler.Streams(c.seed, num_samples)
         self.recent = _Recent(ids, num_samples, sampler.DEFAULT_PENALTY_WINDOW) if c.repetition_penalty else None
         self.ends = [sampler.StopText(list(c.stop), c.max_chars) for _ in range(num_samples)]
@@ -184,8 +188,11 @@ class Decoding:
         """The next token of every sample from its logits (n, vocab), which it overwrites: (n,)."""
         c = self.controls
         logits[:, self.banned] = -np.inf
+        if self.edges is not None:
+            logits = sampler.forbid_glue(logits, self.previous, *self.edges)
         tokens = sampler.sample(logits, self.streams.uniform(), c.temperature, c.top_k, c.top_p,
                                 c.repetition_penalty, self.recent.ids if self.recent is not None else None)
+        self.previous = tokens
         if self.recent is not None:
             self.recent.add(tokens)
         self.count += 1

@@ -106,6 +106,26 @@ def filter_top_p(logits: np.ndarray, p: float) -> np.ndarray:
     return np.where(drop, -np.inf, logits).astype(np.float32)
 
 
+def forbid_glue(logits: np.ndarray, previous: np.ndarray, ends_word: np.ndarray,
+                starts_word: np.ndarray) -> np.ndarray:
+    """Refuse a token starting with a word character right after one ending with one.
+
+    Word level: such a pair writes two words as one ("the" + "cat" -> "thecat"); the
+    tokenizer never makes one from text (see `tokenizer.word_edges`). A row where the rule
+    would leave no token at all is left as it was.
+
+    Args:
+        logits: (batch, vocab).
+        previous: (batch,) each row's previous token id.
+        ends_word, starts_word: (vocab,) bool, which tokens end / start with a word character.
+    """
+    logits = np.asarray(logits, np.float32)
+    refused = ends_word[previous][:, None] & starts_word[None, :]  # (batch, vocab)
+    out = np.where(refused, -np.inf, logits).astype(np.float32)
+    left = (out > -np.inf).any(axis=-1, keepdims=True)  # (batch, 1)
+    return np.where(left, out, logits)
+
+
 def draw(logits: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Sample one token per row from softmax(logits) by inverting its CDF at u (batch,)."""
     cdf = np.cumsum(softmax(logits), axis=-1)  # (batch, vocab)

@@ -181,6 +181,8 @@ def prepare(items: list[str], val_file: str | None, config: Config, tokenizer=No
     corpus = token_ids(resolve_paths(items, glob), val_paths, config.tokenizer, tokenizer=tokenizer)
     tokenizer, ids = corpus.tokenizer, corpus.train
     print(f"Token cache: {corpus.folder} ({'reused' if corpus.reused else 'built'})")
+    if config.tokenizer.level == "word":
+        print(corpus.coverage_line())
     seq_len = config.train.seq_len
     if val_file:
         train_ids, val_ids = ids, corpus.val
