@@ -231,3 +231,58 @@ def test_info_reads_config_json_alone_and_imports_no_tensorflow(tmp_path):
     *info, last = done.stdout.splitlines()
     assert json.loads(last) == [0, []], done.stderr[-2000:]
     assert json.loads("\n".join(info))["parameters"] == 488  # what Keras counts (test above)
+
+
+def _with_tokenizer(bundle, edit):
+    """Rewrite a bundle's tokenizer.json through `edit(spec)` and record its new sha256."""
+    import hashlib
+    import json
+
+    spec = json.loads((bundle / "tokenizer.json").read_text(encoding="utf-8"))
+    edit(spec)
+    data = json.dumps(spec).encode()
+    (bundle / "tokenizer.json").write_bytes(data)
+    config = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
+    config["files"]["tokenizer.json"] = hashlib.sha256(data).hexdigest()
+    (bundle / "config.json").write_text(json.dumps(config), encoding="utf-8")
+
+
+@pytest.mark.parametrize("part, value", [
+    ("normalizer", {"type": "Sequence", "normalizers": [
+        {"type": "Replace", "pattern": {"Regex": "^"}, "content": " "},
+        {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True, "strip_accents": None,
+         "lowercase": True}]}),
+    ("pre_tokenizer", {"type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": False}),
+    ("decoder", {"type": "Replace", "pattern": {"String": "a"}, "content": "b"}),
+    ("post_processor", {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}),
+])
+def test_tokenizer_parts_textgen_does_not_write_are_refused_on_load(bundle_copy, capsys, part, value):
+    from textgen.cli import main
+
+    _with_tokenizer(bundle_copy, lambda spec: spec.__setitem__(part, value))
+    with pytest.raises(BundleError, match="not a textgen tokenizer"):
+        load_bundle(bundle_copy)
+    assert main(["generate", str(bundle_copy), "--length", "5"]) == 2  # one line, never a panic's traceback
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a textgen tokenizer" in err[0]
+
+
+def test_a_lowercasing_word_tokenizer_is_accepted(tiny_bundle):
+    from textgen.bundle import check_tokenizer_parts
+
+    spec = {"normalizer": {"type": "Lowercase"}, "model": {"type": "WordLevel"}, "decoder": {"type": "Fuse"},
+            "pre_tokenizer": {"type": "Split", "pattern": {"Regex": r"\w+|[^\w\s]|\s+"}}, "post_processor": None}
+    check_tokenizer_parts(spec)
+
+
+def test_encoding_never_reserialises_the_tokenizer(tiny_bundle):
+    from textgen.generate import load
+
+    generator = load(tiny_bundle)
+
+    def refuse():
+        raise AssertionError("to_str() called after load")
+
+    generator.tokenizer.to_str = refuse  # an instance attribute shadows the method
+    assert generator.encode_prime("The cat").shape == (7,)
+    assert generator.generate("The", length=5, seed=1).startswith("The")

@@ -110,7 +110,7 @@ def word_generator(tmp_path_factory):
 def test_word_level_pieces_join_into_natural_text(word_generator):
     text = "The cat sat.\nA dog ran to it.\nMat"  # only tokens the tiny vocabulary has
     ids = encode(word_generator.tokenizer, text)
-    pieces = _PieceDecoder(word_generator.tokenizer, 1)
+    pieces = _PieceDecoder(word_generator.tokenizer, 1, word_generator._piece_table)
     assert "".join(pieces.pieces(np.array([i]))[0] for i in ids) == decode(word_generator.tokenizer, ids) == text
     out = word_generator.generate(prime="The cat", length=60, seed=1)
     assert "[UNK]" not in out and out.startswith("The cat")
@@ -157,7 +157,7 @@ def test_byte_level_tokens_are_decoded_incrementally_without_broken_characters()
     tokenizer.train_from_iterator([text], trainers.BpeTrainer(vocab_size=280, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     ids = tokenizer.encode(text).ids
     assert len(ids) > 10
-    decoder = _PieceDecoder(tokenizer, 2)
+    decoder = _PieceDecoder(tokenizer, 2, _PieceDecoder.piece_table(tokenizer))
     pieces = [decoder.pieces(np.array([i, i])) for i in ids]  # two samples, same ids
     assert "".join(p[0] for p in pieces) == "".join(p[1] for p in pieces) == tokenizer.decode(ids) == text
     assert not any("\ufffd" in p[0] for p in pieces)

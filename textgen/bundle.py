@@ -41,7 +41,7 @@ from textgen.atomic import (commit, fault_point, fsync, link_or_copy, remove_sta
                             unlink, write_json_atomic)
 from textgen.config import FORMAT_VERSION, Config, ConfigError, TextgenError
 from textgen.corpus_cache import sha256_file
-from textgen.tokenizer import tokenizer_level
+from textgen.tokenizer import is_panic, spec_level, tokenizer_level
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -218,11 +218,19 @@ def pick_file(path: Path, name: str, hashes: dict[str, Any]) -> Path:
 
 
 def load_tokenizer(file: Path, config: Config) -> Tokenizer:
-    """A saved tokenizer, checked against the config's level and vocabulary size."""
+    """A saved tokenizer, checked against the config's level and vocabulary size.
+
+    Its parts are checked against what textgen writes before `tokenizers` builds anything:
+    a foreign normalizer or regex can make the library panic, here or on every encode.
+    """
     try:
-        tokenizer = Tokenizer.from_file(str(file))
-        level = tokenizer_level(tokenizer)
-    except Exception as err:  # the tokenizers library raises plain Exceptions
+        text = file.read_text(encoding="utf-8")
+        check_tokenizer_parts(json.loads(text))
+        tokenizer = Tokenizer.from_str(text)
+        level = tokenizer_level(tokenizer)  # worked out once here, remembered for every encode
+    except BaseException as err:  # tokenizers raises plain Exceptions, or panics (a BaseException)
+        if not isinstance(err, Exception) and not is_panic(err):
+            raise
         raise BundleError(f"{file}: not a textgen tokenizer ({_first_line(err)})") from None
     if level != config.tokenizer.level:
         raise BundleError(f"{file}: tokenizer is {level} level but config says {config.tokenizer.level}")
@@ -232,6 +240,24 @@ def load_tokenizer(file: Path, config: Config) -> Tokenizer:
             f"vocab_size {config.model.vocab_size:,}"
         )
     return tokenizer
+
+
+# The parts of a tokenizer.json textgen writes, by type (None: absent). The pre-tokenizer's
+# pattern is one of textgen's own (`spec_level`); word level may lowercase.
+_TOKENIZER_PARTS = {"normalizer": {None, "Lowercase"}, "pre_tokenizer": {"Split", "ByteLevel"},
+                    "model": {"WordLevel", "BPE"}, "decoder": {"Fuse", "ByteLevel"}, "post_processor": {None}}
+
+
+def check_tokenizer_parts(spec: Any) -> None:
+    """Refuse a tokenizer description with any part textgen does not write (ValueError)."""
+    if not isinstance(spec, dict):
+        raise ValueError("not a JSON object")
+    for part, allowed in _TOKENIZER_PARTS.items():
+        value = spec.get(part)
+        kind = value.get("type") if isinstance(value, dict) else value
+        if kind not in allowed:
+            raise ValueError(f"its {part} {kind!r} is not one textgen writes")
+    spec_level(spec)
 
 
 def _load_model(file: Path, config: Config):

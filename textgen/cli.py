@@ -49,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ntextgen: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as err:  # a bug: one line unless --verbose asks for the traceback
-        if args.verbose:
+    except BaseException as err:  # a bug, or a Rust panic in `tokenizers` (a BaseException): one line
+        if args.verbose or not (isinstance(err, Exception) or type(err).__name__ == "PanicException"):
             raise
         print(f"textgen: internal error: {type(err).__name__}: {err} (--verbose shows the traceback)",
               file=sys.stderr)
@@ -163,6 +163,14 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name (or address) clients reach this server by, besides localhost; repeatable; "
+                        "required with --host 0.0.0.0")
+    p.add_argument("--max-queue", type=_positive_int, default=None, metavar="N",
+                   help="requests that may wait for the model; past it: 503 with Retry-After "
+                        "(default: twice the batch, 64)")
+    p.add_argument("--request-timeout", type=_positive_float, default=60.0, metavar="SECONDS",
+                   help="longest a request may wait and generate; past it: 504 (default: %(default)s)")
     p.set_defaults(run=_run_serve)
 
 
@@ -177,6 +185,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
     return value
 
 
@@ -321,9 +336,10 @@ def _count(value: Any) -> str:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from textgen.serve import serve
+    from textgen.serve import Limits, serve
 
-    serve(args.bundle, host=args.host, port=args.port)
+    serve(args.bundle, host=args.host, port=args.port, allowed_hosts=args.allowed_host,
+          limits=Limits(max_queue=args.max_queue, request_timeout=args.request_timeout))
     return 0
 
 

@@ -47,6 +47,7 @@ class TextGenerator:
         self._banned = [i for i in map(self.tokenizer.token_to_id, SPECIAL_TOKENS) if i is not None]
         self._edges = word_edges(self.tokenizer)  # word level: never glue two words (None elsewhere)
         self._stepper = LSTMStepper.from_model(self.model)  # a snapshot of the weights
+        self._piece_table = _PieceDecoder.piece_table(self.tokenizer)  # once: it reads the whole vocabulary
 
     @classmethod
     def from_model(cls, model, tokenizer, config) -> "TextGenerator":
@@ -116,34 +117,34 @@ class TextGenerator:
         A finished sample (stop string, max_chars) yields '' from then on; the last yield
         carries any text held back while it could still have begun a stop string.
         """
-        c = controls
-        context = ids if len(ids) else self._start_ids()
-        logits, states = self._read(context)  # (1, vocab)
-        previous = np.repeat(context[-1:], num_samples)  # (n,) each sample's last token
-        logits = np.repeat(logits, num_samples, axis=0)  # (n, vocab)
-        states = [np.repeat(s, num_samples, axis=0) for s in states]  # (n, units) each
-        streams = sampler.Streams(c.seed, num_samples)
-        recent = _Recent(ids, num_samples, sampler.DEFAULT_PENALTY_WINDOW) if c.repetition_penalty else None
-        ends = [sampler.StopText(list(c.stop), c.max_chars) for _ in range(num_samples)]
-        text = _PieceDecoder(self.tokenizer, num_samples)
+        run = Decoding(self, ids, num_samples, controls)
+        logits, states = self.read_prime(ids, num_samples)  # (n, vocab)
         # BLAS stays single-threaded while this generation runs (see textgen.stepper).
-        with self._stepper.single_threaded():
-            step = 0
-            while c.length is None or step < c.length:
-                logits[:, self._banned] = -np.inf
-                if self._edges is not None:
-                    logits = sampler.forbid_glue(logits, previous, *self._edges)
-                tokens = sampler.sample(logits, streams.uniform(), c.temperature, c.top_k, c.top_p,
-                                        c.repetition_penalty, recent.ids if recent is not None else None)  # (n,)
-                if recent is not None:
-                    recent.add(tokens)
-                previous = tokens
-                yield [end.feed(piece) for end, piece in zip(ends, text.pieces(tokens))]
-                step += 1
-                if all(end.done for end in ends):
-                    return
-                logits, states = self._stepper.step(tokens, states)  # (n, vocab)
-        yield [end.flush() for end in ends]
+        with self.single_threaded():
+            while True:
+                tokens = run.choose(logits)  # (n,)
+                yield run.pieces(tokens)
+                if run.finished:
+                    break
+                logits, states = self.step(tokens, states)  # (n, vocab)
+        yield run.flush()
+
+    def read_prime(self, ids: np.ndarray, num_samples: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Read prime ids (time,) once: logits (n, vocab) and states for n samples of it."""
+        logits, states = self._read(ids if len(ids) else self._start_ids())  # (1, vocab)
+        return np.repeat(logits, num_samples, axis=0), [np.repeat(s, num_samples, axis=0) for s in states]
+
+    def single_threaded(self):
+        """Context manager: BLAS single-threaded; hold it around a loop of `step`s."""
+        return self._stepper.single_threaded()
+
+    def step(self, tokens: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One token per row: tokens (batch,) -> logits (batch, vocab) and the new states.
+
+        States are opaque arrays with the batch on axis 0, so the rows of several
+        generations can be stacked into one step and sliced apart (see textgen.batching).
+        """
+        return self._stepper.step(tokens, states)
 
     def _read(self, ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """Feed ids (time,) in chunks carrying state: last logits (1, vocab) and the states.
@@ -160,6 +161,56 @@ class TextGenerator:
         """Context for an empty prime: a newline, as if a new paragraph began."""
         newline = self.tokenizer.encode("\n").ids  # byte-level BPE spells it "Ċ"
         return np.array(newline[-1:] or [0], np.int32)
+
+
+class Decoding:
+    """One generation's choices between model steps: for the n samples of one prime, the
+    banned tokens, its controls, each sample's random stream (seed, i), the repetition
+    window, the stop rules and the text of each new token.
+
+    The model steps are the caller's, so generations with different controls can share
+    one batched step (textgen.batching), each choosing from its own rows of logits.
+    """
+
+    def __init__(self, generator: TextGenerator, ids: np.ndarray, num_samples: int, controls: Controls):
+        c = self.controls = controls
+        self.banned = generator._banned
+        self.edges = generator._edges  # word level: never glue two words
+        context = ids if len(ids) else generator._start_ids()
+        self.previous = np.repeat(context[-1:], num_samples)  # (n,) each sample's last token
+        self.streams = sampler.Streams(c.seed, num_samples)
+        self.recent = _Recent(ids, num_samples, sampler.DEFAULT_PENALTY_WINDOW) if c.repetition_penalty else None
+        self.ends = [sampler.StopText(list(c.stop), c.max_chars) for _ in range(num_samples)]
+        self.text = _PieceDecoder(generator.tokenizer, num_samples, generator._piece_table)
+        self.count = 0  # tokens chosen so far, per sample
+
+    def choose(self, logits: np.ndarray) -> np.ndarray:
+        """The next token of every sample from its logits (n, vocab), which it overwrites: (n,)."""
+        c = self.controls
+        logits[:, self.banned] = -np.inf
+        if self.edges is not None:
+            logits = sampler.forbid_glue(logits, self.previous, *self.edges)
+        tokens = sampler.sample(logits, self.streams.uniform(), c.temperature, c.top_k, c.top_p,
+                                c.repetition_penalty, self.recent.ids if self.recent is not None else None)
+        self.previous = tokens
+        if self.recent is not None:
+            self.recent.add(tokens)
+        self.count += 1
+        return tokens
+
+    def pieces(self, tokens: np.ndarray) -> list[str]:
+        """The text each sample shows after its new token ('' once it has ended)."""
+        return [end.feed(piece) for end, piece in zip(self.ends, self.text.pieces(tokens))]
+
+    @property
+    def finished(self) -> bool:
+        """No sample needs another token: the length is reached, or every sample has stopped."""
+        length = self.controls.length
+        return (length is not None and self.count >= length) or all(end.done for end in self.ends)
+
+    def flush(self) -> list[str]:
+        """The text still held back per sample (it could have begun a stop string), at the end."""
+        return [end.flush() for end in self.ends]
 
 
 class _Recent:
@@ -188,18 +239,25 @@ class _PieceDecoder:
 
     _WINDOW = 8  # tokens of left context re-decoded per step on the general path
 
-    def __init__(self, tokenizer, num_samples: int):
+    def __init__(self, tokenizer, num_samples: int, table: np.ndarray | None):
         self.tokenizer = tokenizer
-        spec = json.loads(tokenizer.to_str())
-        if (spec.get("decoder") or {}).get("type") == "Fuse" and spec["model"]["type"] == "WordLevel":
-            vocab = tokenizer.get_vocab()
-            self.table = np.empty(len(vocab), object)
-            for token, i in vocab.items():
-                self.table[i] = token
-        else:
-            self.table = None
+        self.table = table  # from `piece_table`, built once per tokenizer
+        if table is None:
             self.ids = [[] for _ in range(num_samples)]
             self.done = [0] * num_samples  # how many of each sample's ids are fully decoded
+
+    @staticmethod
+    def piece_table(tokenizer) -> np.ndarray | None:
+        """Each token's text by id where pieces are table lookups (a Fuse-decoded WordLevel
+        tokenizer); None where they are decoded incrementally."""
+        spec = json.loads(tokenizer.to_str())
+        if (spec.get("decoder") or {}).get("type") != "Fuse" or spec["model"]["type"] != "WordLevel":
+            return None
+        vocab = tokenizer.get_vocab()
+        table = np.empty(len(vocab), object)
+        for token, i in vocab.items():
+            table[i] = token
+        return table
 
     def pieces(self, tokens: np.ndarray) -> list[str]:
         """The text added by one new token per sample: tokens (n,) -> n strings."""

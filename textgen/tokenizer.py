@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import weakref
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -140,8 +141,13 @@ def code_points(text: str) -> np.ndarray:
 
 
 def tokenizer_level(tokenizer: Tokenizer) -> str:
-    """Recognise which textgen level a tokenizer was built for (either word scheme is "word")."""
-    spec = json.loads(tokenizer.to_str())
+    """Recognise which textgen level a tokenizer was built for (either word scheme is "word");
+    worked out once per tokenizer."""
+    return _known(tokenizer)[0]
+
+
+def spec_level(spec: dict) -> str:
+    """The textgen level a tokenizer's JSON description (`to_str()`, tokenizer.json) is of."""
     pre = spec.get("pre_tokenizer") or {}
     if (spec.get("normalizer") or {}).get("type", "Lowercase") != "Lowercase":
         raise ValueError("tokenizer was not made by textgen")  # CharTable would not match it
@@ -152,6 +158,19 @@ def tokenizer_level(tokenizer: Tokenizer) -> str:
     if pre.get("type") != "Split" or pattern not in levels:
         raise ValueError("tokenizer was not made by textgen")
     return levels[pattern]
+
+
+# Per tokenizer, its level and (char level) its CharTable: `to_str()` serialises the whole
+# vocabulary (~0.1 s at 200K tokens), far too slow to repeat on every encode.
+_KNOWN: "weakref.WeakKeyDictionary[Tokenizer, tuple[str, CharTable | None]]" = weakref.WeakKeyDictionary()
+
+
+def _known(tokenizer: Tokenizer) -> "tuple[str, CharTable | None]":
+    known = _KNOWN.get(tokenizer)
+    if known is None:
+        level = spec_level(json.loads(tokenizer.to_str()))
+        known = _KNOWN[tokenizer] = (level, CharTable(tokenizer) if level == "char" else None)
+    return known
 
 
 def folds_case(tokenizer: Tokenizer) -> bool:
@@ -188,11 +207,18 @@ def word_edges(tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray] | None:
 
 def encode(tokenizer: Tokenizer, text: str) -> np.ndarray:
     """Token ids of `text` as int32, shape (n_tokens,)."""
-    if tokenizer_level(tokenizer) == "char":
-        return CharTable(tokenizer).encode(text)
+    level, table = _known(tokenizer)
+    if table is not None:
+        return table.encode(text)
     chunks = _word_chunks(text)
     ids = [np.asarray(e.ids, dtype=np.int32) for e in tokenizer.encode_batch(chunks)]
     return np.concatenate(ids) if ids else np.zeros(0, np.int32)
+
+
+def is_panic(err: BaseException) -> bool:
+    """Whether `err` is a Rust panic inside `tokenizers` (pyo3's PanicException, which is a
+    BaseException: `except Exception` lets it through)."""
+    return type(err).__name__ == "PanicException"
 
 
 def decode(tokenizer: Tokenizer, ids: Iterable[int]) -> str:
