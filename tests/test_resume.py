@@ -1,6 +1,6 @@
 import json
 
-from tests.conftest import OLD_BUNDLE
+from tests.conftest import OLD_BUNDLE, with_added_fields
 from textgen.resume import load_resume_state
 
 
@@ -13,7 +13,7 @@ def test_resume_state_survives_a_crash_between_its_two_renames(bundle_copy):
 def test_a_resume_state_saved_by_earlier_code_loads_and_its_document_is_rebuilt_identically():
     from textgen.bundle import build_document
 
-    saved = json.loads((OLD_BUNDLE / "resume" / "state.json").read_text())
+    saved = with_added_fields(json.loads((OLD_BUNDLE / "resume" / "state.json").read_text()))
     state = load_resume_state(OLD_BUNDLE)
     assert state.progress == saved["state"] and state.progress["step"] == 3
     assert {key.split("/")[0] for key in state.arrays} == {"model", "optimizer"}
