@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TINY
+from tests.conftest import TINY
 from textgen.cli import main
 from textgen.config import TextgenError, TokenizerConfig
 from textgen.corpus_cache import token_ids

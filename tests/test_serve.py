@@ -287,13 +287,13 @@ def test_prime_encoding_runs_off_the_event_loop(tiny_generator, monkeypatch):
     on_loop = []
     encode = tiny_generator.encode_prime
 
-    def spy(prime):
+    def spy(prime, label=None):
         try:
             asyncio.get_running_loop()
             on_loop.append(True)
         except RuntimeError:
             on_loop.append(False)
-        return encode(prime)
+        return encode(prime, label)
 
     monkeypatch.setattr(tiny_generator, "encode_prime", spy)
     with BackgroundServer(tiny_generator) as url:

@@ -191,6 +191,12 @@ class StopText:
         """The held-back text, once generation ends without a stop."""
         return "" if self.done else self._show(len(self.text))
 
+    def end(self) -> str:
+        """The sample ended (its document did): the held-back text, and nothing after it."""
+        out = self.flush()
+        self.done = True
+        return out
+
     def _stop_at(self) -> int | None:
         """Where the text must end: the first stop string's start, or the character cap."""
         longest = max((len(s) for s in self.stops), default=0)
