@@ -227,3 +227,25 @@ def test_trained_documents_samples_stop_at_their_end_before_the_cap(documents_ge
 def test_a_plain_bundle_still_never_writes_doc(tiny_generator):
     assert tiny_generator._end_id is None
     assert tiny_generator.tokenizer.token_to_id("[DOC]") in tiny_generator._banned
+
+
+def test_samples_come_in_batches_and_sample_i_is_always_stream_i(tiny_generator, monkeypatch):
+    import textgen.generate as generate
+
+    whole = tiny_generator.sample("The", num_samples=7, length=12, seed=4)
+    monkeypatch.setattr(generate, "SAMPLE_BATCH", 3)
+    made = list(tiny_generator.samples("The", 7, length=12, seed=4))
+    assert [s.text for s in made] == whole and [s.index for s in made] == list(range(7))
+    assert {s.seed for s in made} == {4}
+    assert made[0].text == tiny_generator.generate("The", length=12, seed=4)
+    unseeded = list(tiny_generator.samples("The", 2, length=3))
+    assert unseeded[0].seed == unseeded[1].seed  # one drawn seed, recorded: the run can be made again
+    again = tiny_generator.sample("The", num_samples=2, length=3, seed=unseeded[0].seed)
+    assert again == [s.text for s in unseeded]
+
+
+def test_unique_drops_repeats_and_gives_up_after_ten_tries_per_sample(tiny_generator):
+    greedy = tiny_generator.sample("The", num_samples=3, unique=True, length=5, temperature=0)
+    assert greedy == [tiny_generator.generate("The", length=5, temperature=0)]  # 30 tries, one text
+    varied = tiny_generator.sample("", num_samples=6, unique=True, length=30, seed=2)
+    assert len(varied) == len(set(varied)) == 6

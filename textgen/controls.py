@@ -19,6 +19,7 @@ from textgen.config import fits_type, require
 from textgen.sampler import DEFAULT_PENALTY_WINDOW
 
 GENERATE_LENGTH = 200  # tokens generated when no length (and no character cap) is given
+UNIQUE_ATTEMPTS = 10  # samples made per one asked for before `unique` gives up (sample, --unique)
 
 
 def _control(default: Any, help: str, low: float | None = None, high: float | None = None, *,

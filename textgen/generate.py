@@ -11,8 +11,10 @@ one step then advances all N, and sample i draws from its own random stream (see
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +22,21 @@ import numpy as np
 from textgen import sampler
 from textgen.bundle import Bundle, load_bundle
 from textgen.config import TextgenError, require
-from textgen.controls import Controls, documented
+from textgen.controls import UNIQUE_ATTEMPTS, Controls, documented
 from textgen.stepper import LSTMStepper
 from textgen.tokenizer import DOC, SPECIAL_TOKENS, decode, encode, label_ids, unknown_characters, word_edges
 
 PRIME_CHUNK = 1024  # tokens of the prime read per call
+SAMPLE_BATCH = 64  # samples stepped together by `samples`: one matrix product feeds them all
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generated sample: its text, and the random stream (seed, index) that made it."""
+
+    text: str
+    seed: int
+    index: int
 
 
 class TextGenerator:
@@ -119,26 +131,51 @@ class TextGenerator:
         return "".join(self.stream(prime, **controls))
 
     @documented
-    def sample(self, prime: str = "", num_samples: int = 8, **controls) -> list[str]:
-        """`num_samples` independent continuations of one prime, generated as one batch.
+    def sample(self, prime: str = "", num_samples: int = 8, *, unique: bool = False, **controls) -> list[str]:
+        """`num_samples` independent continuations of one prime, generated in batches.
 
         Sample i uses the random stream (seed, i): sample 0 equals `generate` with the same seed.
+        With `unique`, repeats are dropped until `num_samples` distinct samples are found, or
+        UNIQUE_ATTEMPTS * num_samples were made (then fewer are returned).
+        """
+        return [s.text for s in self.samples(prime, num_samples, unique=unique, **controls)]
+
+    def samples(self, prime: str = "", num_samples: int = 8, *, unique: bool = False,
+                **controls) -> Iterator[Sample]:
+        """Like `sample`, one `Sample` (text, seed, index) at a time, SAMPLE_BATCH stepped together.
+
+        A run without a seed draws one, so every sample it yields can be made again.
         """
         c = Controls.of(**controls)
         require(num_samples >= 1, f"num_samples must be at least 1, not {num_samples}")
-        parts = [[prime] for _ in range(num_samples)]  # joined once at the end: linear time
-        for pieces in self.steps(self.encode_prime(prime, c.label), num_samples, c):
-            for part, piece in zip(parts, pieces):
-                part.append(piece)
-        return ["".join(part) for part in parts]
+        c = dataclasses.replace(c, seed=c.seed if c.seed is not None else sampler.fresh_seed())
+        ids = self.encode_prime(prime, c.label)
+        limit = UNIQUE_ATTEMPTS * num_samples if unique else num_samples
+        seen: set[str] = set()
+        first = found = 0
+        while first < limit and found < num_samples:
+            batch = min(SAMPLE_BATCH, limit - first)
+            parts = [[prime] for _ in range(batch)]  # joined once at the end: linear time
+            for pieces in self.steps(ids, batch, c, first):
+                for part, piece in zip(parts, pieces):
+                    part.append(piece)
+            for i, part in enumerate(parts):
+                text = "".join(part)
+                if found == num_samples or (unique and text in seen):
+                    continue
+                seen.add(text)
+                found += 1
+                yield Sample(text, c.seed, first + i)
+            first += batch
 
-    def steps(self, ids: np.ndarray, num_samples: int, controls: Controls) -> Iterator[list[str]]:
+    def steps(self, ids: np.ndarray, num_samples: int, controls: Controls, first: int = 0) -> Iterator[list[str]]:
         """Generate from prime token ids; yield, after each step, the new text of every sample.
 
         A finished sample (stop string, max_chars, its document's end) yields '' from then on; the last yield
-        carries any text held back while it could still have begun a stop string.
+        carries any text held back while it could still have begun a stop string. Sample i
+        draws from the random stream (seed, first + i).
         """
-        run = Decoding(self, ids, num_samples, controls)
+        run = Decoding(self, ids, num_samples, controls, first)
         logits, states = self.read_prime(ids, num_samples)  # (n, vocab)
         # BLAS stays single-threaded while this generation runs (see textgen.stepper).
         with self.single_threaded():
@@ -195,14 +232,15 @@ class Decoding:
     one batched step (textgen.batching), each choosing from its own rows of logits.
     """
 
-    def __init__(self, generator: TextGenerator, ids: np.ndarray, num_samples: int, controls: Controls):
+    def __init__(self, generator: TextGenerator, ids: np.ndarray, num_samples: int, controls: Controls,
+                 first: int = 0):
         c = self.controls = controls
         self.banned = generator._banned
         self.edges = generator._edges  # word level: never glue two words
         self.end_id = generator._end_id  # a documents bundle: [DOC] ends a sample
         context = ids if len(ids) else generator._start_ids()
         self.previous = np.repeat(context[-1:], num_samples)  # (n,) each sample's last token
-        self.streams = sampler.Streams(c.seed, num_samples)
+        self.streams = sampler.Streams(c.seed, num_samples, first=first)
         self.recent = _Recent(ids, num_samples, sampler.DEFAULT_PENALTY_WINDOW) if c.repetition_penalty else None
         self.ends = [sampler.StopText(list(c.stop), c.max_chars) for _ in range(num_samples)]
         self.text = _PieceDecoder(generator.tokenizer, num_samples, generator._piece_table)

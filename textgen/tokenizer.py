@@ -128,7 +128,12 @@ def with_labels(tokenizer: Tokenizer, labels: Iterable[str]) -> Tokenizer:
 
 def label_ids(tokenizer: Tokenizer) -> dict[str, int]:
     """Each label the tokenizer knows, to its token id, sorted by label ({} if unlabelled)."""
-    found = {token[len(LABEL_PREFIX):-len(LABEL_SUFFIX)]: i for token, i in tokenizer.get_vocab().items()
+    return vocabulary_labels(tokenizer.get_vocab())
+
+
+def vocabulary_labels(vocab: dict[str, int]) -> dict[str, int]:
+    """The labels among a vocabulary's tokens ({token: id}, as in tokenizer.json), to their ids, sorted."""
+    found = {token[len(LABEL_PREFIX):-len(LABEL_SUFFIX)]: i for token, i in vocab.items()
              if token.startswith(LABEL_PREFIX) and token.endswith(LABEL_SUFFIX)}
     return dict(sorted(found.items()))
 
