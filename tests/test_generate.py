@@ -249,3 +249,14 @@ def test_unique_drops_repeats_and_gives_up_after_ten_tries_per_sample(tiny_gener
     assert greedy == [tiny_generator.generate("The", length=5, temperature=0)]  # 30 tries, one text
     varied = tiny_generator.sample("", num_samples=6, unique=True, length=30, seed=2)
     assert len(varied) == len(set(varied)) == 6
+
+
+def test_samples_report_their_novelty_against_the_corpus(tiny_generator, tmp_path):
+    from textgen.novelty import CorpusIndex
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("The cat sat on a mat.\n", encoding="utf-8")
+    made = list(tiny_generator.samples("The cat sat", 3, novelty=corpus, length=1, seed=1))
+    expected = CorpusIndex.of_files([corpus], tiny_generator.config.tokenizer)
+    assert [s.novelty for s in made] == [expected.check(s.text) for s in made]
+    assert all(s.novelty.longest >= len("The cat sat") for s in made)

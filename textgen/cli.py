@@ -247,21 +247,18 @@ def _many_samples(generator, prime: str, options: dict, args: argparse.Namespace
 
     from tqdm.auto import tqdm
 
-    from textgen.data import resolve_paths
-    from textgen.novelty import CorpusIndex
     from textgen.sample_file import check_output, write_samples
 
     output = Path(args.output) if args.output else None
     if output is not None:
         check_output(output)
-    index = CorpusIndex.of_files(resolve_paths(args.novelty), generator.config.tokenizer) if args.novelty else None
+    index = generator.corpus_index(args.novelty) if args.novelty else None
     rows = []
     with tqdm(total=args.num_samples, unit="sample", desc="generating", disable=None, leave=False) as bar:
-        for sample in generator.samples(prime, args.num_samples, unique=args.unique, **options):
+        for sample in generator.samples(prime, args.num_samples, unique=args.unique, novelty=index, **options):
             row = {"text": sample.text, "seed": sample.seed, "index": sample.index}
-            if index is not None:
-                found = index.check(sample.text)
-                row |= {"copy": found.copy, "longest_copy": found.longest}
+            if sample.novelty is not None:
+                row |= {"copy": sample.novelty.copy, "longest_copy": sample.novelty.longest}
             rows.append(row)
             bar.update()
     if len(rows) < args.num_samples:

@@ -23,6 +23,7 @@ from textgen import sampler
 from textgen.bundle import Bundle, load_bundle
 from textgen.config import TextgenError, require
 from textgen.controls import UNIQUE_ATTEMPTS, Controls, documented
+from textgen.novelty import CorpusIndex, Novelty
 from textgen.stepper import LSTMStepper
 from textgen.tokenizer import DOC, SPECIAL_TOKENS, decode, encode, label_ids, unknown_characters, word_edges
 
@@ -32,11 +33,13 @@ SAMPLE_BATCH = 64  # samples stepped together by `samples`: one matrix product f
 
 @dataclass(frozen=True)
 class Sample:
-    """One generated sample: its text, and the random stream (seed, index) that made it."""
+    """One generated sample: its text, the random stream (seed, index) that made it and, when
+    asked for, its novelty against the training corpus."""
 
     text: str
     seed: int
     index: int
+    novelty: Novelty | None = None
 
 
 class TextGenerator:
@@ -141,11 +144,15 @@ class TextGenerator:
         return [s.text for s in self.samples(prime, num_samples, unique=unique, **controls)]
 
     def samples(self, prime: str = "", num_samples: int = 8, *, unique: bool = False,
-                **controls) -> Iterator[Sample]:
+                novelty: CorpusIndex | str | Path | list | None = None, **controls) -> Iterator[Sample]:
         """Like `sample`, one `Sample` (text, seed, index) at a time, SAMPLE_BATCH stepped together.
 
-        A run without a seed draws one, so every sample it yields can be made again.
+        A run without a seed draws one, so every sample it yields can be made again. `novelty`
+        (the training corpus: file(s), a folder, or a `CorpusIndex` of them) checks each sample
+        against it: `Sample.novelty` says whether it is a training document and the longest span
+        it copies.
         """
+        index = self.corpus_index(novelty) if novelty is not None else None
         c = Controls.of(**controls)
         require(num_samples >= 1, f"num_samples must be at least 1, not {num_samples}")
         c = dataclasses.replace(c, seed=c.seed if c.seed is not None else sampler.fresh_seed())
@@ -165,8 +172,17 @@ class TextGenerator:
                     continue
                 seen.add(text)
                 found += 1
-                yield Sample(text, c.seed, first + i)
+                yield Sample(text, c.seed, first + i, index.check(text) if index is not None else None)
             first += batch
+
+    def corpus_index(self, corpus: CorpusIndex | str | Path | list) -> CorpusIndex:
+        """The novelty index of the training corpus (files read as this bundle was trained)."""
+        from textgen.data import resolve_paths
+
+        if isinstance(corpus, CorpusIndex):
+            return corpus
+        items = [str(corpus)] if isinstance(corpus, (str, Path)) else [str(c) for c in corpus]
+        return CorpusIndex.of_files(resolve_paths(items), self.config.tokenizer)
 
     def steps(self, ids: np.ndarray, num_samples: int, controls: Controls, first: int = 0) -> Iterator[list[str]]:
         """Generate from prime token ids; yield, after each step, the new text of every sample.
