@@ -13,7 +13,7 @@ SHARED_CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpor
 OLD_BUNDLE = Path(__file__).parent / "fixtures" / "bundle_v1"  # saved by textgen 0.1.0 (with resume/): must keep loading
 # Config fields added after OLD_BUNDLE was written, with the value an old bundle means by leaving
 # them out: a new save writes them, and nothing else of the old document may change.
-ADDED_CONFIG_FIELDS = {"tokenizer": {"lowercase": False}}
+ADDED_CONFIG_FIELDS = {"tokenizer": {"lowercase": False, "docs": "text", "label_field": None, "label_column": None}}
 
 
 def with_added_fields(document: dict) -> dict:
@@ -135,3 +135,30 @@ class Child:
         """Wait for the exit; return (exit code, rest of stdout, stderr)."""
         out, err = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, out, err
+
+
+def make_labelled_documents(count: int = 1200) -> str:
+    """JSONL of short documents in two labels with disjoint alphabets ("low": abc, "up": XYZ),
+    each a cycle through its letters: what follows a letter is certain, only the label says which
+    alphabet a document starts in."""
+    import json
+
+    lines = []
+    for i in range(count):
+        label, letters = ("low", "abc") if i % 2 else ("up", "XYZ")
+        text = "".join(letters[(i // 2 + j) % 3] for j in range(2 + i % 5))
+        lines.append(json.dumps({"text": text, "kind": label}))
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def labelled_bundle(tmp_path_factory) -> Path:
+    """A tiny char-level documents bundle trained on make_labelled_documents (labels in field "kind")."""
+    import textgen
+
+    root = tmp_path_factory.mktemp("labelled_run")
+    corpus = root / "docs.jsonl"
+    corpus.write_text(make_labelled_documents(), encoding="utf-8")
+    return textgen.train(str(corpus), docs="jsonl:text", label_field="kind", checkpoint_dir=root / "checkpoints",
+                         log_dir=root / "runs", max_steps=300, learning_rate=0.01, patience=100,
+                         **{**TINY, "units": 32, "seq_len": 32})

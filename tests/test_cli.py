@@ -290,3 +290,71 @@ def test_info_and_evaluate_refuse_what_is_not_there(tiny_bundle, tmp_path, capsy
     assert_one_line_error(*run(capsys, "info", tmp_path)[::2], "not a textgen bundle")
     assert_one_line_error(*run(capsys, "evaluate", tiny_bundle, tmp_path / "nope.txt")[::2], "nope.txt")
     assert_one_line_error(*run(capsys, "evaluate", tiny_bundle, tmp_path)[::2], "not a file")
+
+
+# ---------------------------------------------------------------- many samples to a file, labels
+
+
+def test_output_jsonl_holds_one_object_per_sample_with_its_seed_and_index(tiny_bundle, tmp_path, capsys):
+    out = tmp_path / "samples.jsonl"
+    code, _, err = run(capsys, "generate", tiny_bundle, "--num-samples", 5, "--length", 20, "--seed", 3,
+                       "--output", out)
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert code == 0 and "wrote 5 samples" in err
+    assert [(r["seed"], r["index"]) for r in rows] == [(3, i) for i in range(5)]
+    import textgen
+
+    assert [r["text"] for r in rows] == textgen.load(tiny_bundle).sample("", 5, length=20, seed=3)
+
+
+def test_output_txt_refuses_a_sample_with_a_newline_and_writes_nothing(tiny_bundle, tmp_path, capsys):
+    out = tmp_path / "samples.txt"
+    code, _, err = run(capsys, "generate", tiny_bundle, "--num-samples", 3, "--length", 300, "--seed", 1,
+                       "--output", out)
+    assert code == 2 and "use" not in err and "samples.jsonl instead" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_txt_writes_one_sample_per_line(labelled_bundle, tmp_path, capsys):
+    out = tmp_path / "samples.txt"
+    code, _, _ = run(capsys, "generate", labelled_bundle, "--num-samples", 70, "--seed", 1, "--output", out)
+    import textgen
+
+    assert code == 0
+    assert out.read_text(encoding="utf-8").split("\n")[:-1] == textgen.load(labelled_bundle).sample(
+        "", 70, seed=1)
+
+
+def test_novelty_reports_copies_per_sample_and_in_total(labelled_bundle, tmp_path, capsys):
+    corpus = tmp_path / "docs.jsonl"
+    from tests.conftest import make_labelled_documents
+
+    corpus.write_text(make_labelled_documents(), encoding="utf-8")
+    out = tmp_path / "s.jsonl"
+    code, _, err = run(capsys, "generate", labelled_bundle, "--num-samples", 20, "--seed", 2, "--output", out,
+                       "--novelty", corpus, "--unique")
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    documents = {json.loads(line)["text"] for line in make_labelled_documents().splitlines()}
+    assert code == 0 and [r["copy"] for r in rows] == [r["text"] in documents for r in rows]
+    assert len({r["text"] for r in rows}) == len(rows)
+    new = sum(r["text"] not in documents for r in rows)
+    assert f"novelty: {new} of {len(rows)} samples are not training documents" in err
+
+
+def test_labels_are_listed_checked_and_refused_on_a_bundle_without_them(labelled_bundle, tiny_bundle, capsys):
+    code, out, _ = run(capsys, "info", labelled_bundle)
+    assert code == 0 and "labels       low, up" in out
+    code, _, err = run(capsys, "generate", labelled_bundle, "--label", "mid")
+    assert code == 2 and err.strip() == "textgen: error: unknown label 'mid'; the labels are: 'low', 'up'"
+    code, _, err = run(capsys, "generate", tiny_bundle, "--label", "low")
+    assert code == 2 and "this bundle has no labels" in err and len(err.strip().splitlines()) == 1
+
+
+def test_samples_for_a_label_use_only_that_labels_characters(labelled_bundle):
+    import textgen
+
+    g = textgen.load(labelled_bundle)
+    for label, letters in (("low", set("abc")), ("up", set("XYZ"))):
+        samples = g.sample("", num_samples=24, label=label, length=30, seed=5, temperature=0.5)
+        assert set("".join(samples)) <= letters, (label, samples)
+        assert sum(map(len, samples)) > 24  # they did write something

@@ -53,7 +53,7 @@ def test_values_outside_the_limits_get_one_line_naming_the_control(options, mess
 
 
 def test_unknown_names_are_refused_with_the_list_of_controls():
-    with pytest.raises(TextgenError, match=r"unknown control 'temprature' \(the controls are length, .*seed\)"):
+    with pytest.raises(TextgenError, match=r"unknown control 'temprature' \(the controls are length, .*seed, label\)"):
         Controls.of(temprature=0.5)
 
 

@@ -178,3 +178,85 @@ def test_bpe_model_streams_its_prime_and_never_emits_special_tokens(tmp_path):
     assert text.startswith("The c😀t")
     assert "[DOC]" not in text and "[UNK]" not in text  # never sampled
     assert "".join(generator.stream(length=30, seed=2)) == generator.generate(length=30, seed=2)
+
+
+# ---------------------------------------------------------------- documents bundles
+
+
+@pytest.fixture(scope="module")
+def documents_generator(labelled_bundle):
+    import textgen
+
+    return textgen.load(labelled_bundle)
+
+
+def test_a_documents_prime_opens_a_new_document(documents_generator):
+    g = documents_generator
+    doc = g.tokenizer.token_to_id("[DOC]")
+    assert g.encode_prime("").tolist() == [doc]  # an empty prime: the model reads [DOC] first
+    assert g.encode_prime("ab", "low").tolist() == [doc, g.labels["low"], *encode(g.tokenizer, "ab").tolist()]
+    assert g._start_ids().tolist() == [doc]
+
+
+def test_a_sample_ends_where_the_model_writes_doc_and_doc_is_never_shown(documents_generator):
+    from textgen.controls import Controls
+    from textgen.generate import Decoding
+
+    g = documents_generator
+    vocab = g.tokenizer.get_vocab_size()
+    doc, a, b = g.tokenizer.token_to_id("[DOC]"), g.tokenizer.token_to_id("a"), g.tokenizer.token_to_id("b")
+    run = Decoding(g, g.encode_prime(""), 2, Controls(temperature=0, length=50))
+    shown = [[], []]
+    for first, second in ((a, a), (doc, b), (b, b), (b, doc)):  # the argmax of each sample, step by step
+        logits = np.zeros((2, vocab))
+        logits[0, first] = logits[1, second] = 10.0
+        for part, piece in zip(shown, run.pieces(run.choose(logits))):
+            part.append(piece)
+        if run.finished:
+            break
+    assert ["".join(p) for p in shown] == ["a", "abb"]  # sample 0 ended at its [DOC]; 1 at its own
+    assert run.count == 4  # both ended before the length cap
+
+
+def test_trained_documents_samples_stop_at_their_end_before_the_cap(documents_generator):
+    samples = documents_generator.sample("", num_samples=16, length=60, seed=3, temperature=0.5)
+    assert not any("[DOC]" in s or "[LABEL" in s for s in samples)
+    assert sum(len(s) < 60 for s in samples) >= 14  # --length is only a cap: documents are 2-6 characters
+
+
+def test_a_plain_bundle_still_never_writes_doc(tiny_generator):
+    assert tiny_generator._end_id is None
+    assert tiny_generator.tokenizer.token_to_id("[DOC]") in tiny_generator._banned
+
+
+def test_samples_come_in_batches_and_sample_i_is_always_stream_i(tiny_generator, monkeypatch):
+    import textgen.generate as generate
+
+    whole = tiny_generator.sample("The", num_samples=7, length=12, seed=4)
+    monkeypatch.setattr(generate, "SAMPLE_BATCH", 3)
+    made = list(tiny_generator.samples("The", 7, length=12, seed=4))
+    assert [s.text for s in made] == whole and [s.index for s in made] == list(range(7))
+    assert {s.seed for s in made} == {4}
+    assert made[0].text == tiny_generator.generate("The", length=12, seed=4)
+    unseeded = list(tiny_generator.samples("The", 2, length=3))
+    assert unseeded[0].seed == unseeded[1].seed  # one drawn seed, recorded: the run can be made again
+    again = tiny_generator.sample("The", num_samples=2, length=3, seed=unseeded[0].seed)
+    assert again == [s.text for s in unseeded]
+
+
+def test_unique_drops_repeats_and_gives_up_after_ten_tries_per_sample(tiny_generator):
+    greedy = tiny_generator.sample("The", num_samples=3, unique=True, length=5, temperature=0)
+    assert greedy == [tiny_generator.generate("The", length=5, temperature=0)]  # 30 tries, one text
+    varied = tiny_generator.sample("", num_samples=6, unique=True, length=30, seed=2)
+    assert len(varied) == len(set(varied)) == 6
+
+
+def test_samples_report_their_novelty_against_the_corpus(tiny_generator, tmp_path):
+    from textgen.novelty import CorpusIndex
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("The cat sat on a mat.\n", encoding="utf-8")
+    made = list(tiny_generator.samples("The cat sat", 3, novelty=corpus, length=1, seed=1))
+    expected = CorpusIndex.of_files([corpus], tiny_generator.config.tokenizer)
+    assert [s.novelty for s in made] == [expected.check(s.text) for s in made]
+    assert all(s.novelty.longest >= len("The cat sat") for s in made)

@@ -279,13 +279,13 @@ def test_prime_encoding_runs_off_the_event_loop(tiny_generator, monkeypatch):
     on_loop = []
     encode = tiny_generator.encode_prime
 
-    def spy(prime):
+    def spy(prime, label=None):
         try:
             asyncio.get_running_loop()
             on_loop.append(True)
         except RuntimeError:
             on_loop.append(False)
-        return encode(prime)
+        return encode(prime, label)
 
     monkeypatch.setattr(tiny_generator, "encode_prime", spy)
     with BackgroundServer(tiny_generator) as url:
@@ -330,3 +330,18 @@ def test_sigterm_with_requests_in_flight_ends_within_seconds(tiny_bundle):
         assert time.monotonic() - start < SHUTDOWN_SECONDS + 10
         for sock in [stalled, *busy]:
             sock.close()
+
+
+def test_a_request_may_ask_for_a_label_of_a_documents_bundle(labelled_bundle):
+    import textgen
+    from textgen.api import ApiError, parse_request
+
+    g = textgen.load(labelled_bundle)
+    request = parse_request(b'{"label": "up", "prime": "X"}', g)
+    assert request.ids.tolist() == [g.tokenizer.token_to_id("[DOC]"), g.labels["up"], g.tokenizer.token_to_id("X")]
+    try:
+        parse_request(b'{"label": "mid"}', g)
+    except ApiError as err:
+        assert err.status == 400 and "unknown label 'mid'" in str(err)
+    else:
+        raise AssertionError("an unknown label was accepted")

@@ -35,7 +35,7 @@ class ApiError(Exception):
 # The decoding controls a request may set: checked by `Controls` like everywhere else.
 # Serving one more is a word here, once its cost on a shared server is bounded (stop
 # strings of any size would make stop matching quadratic).
-SERVED = ("length", "temperature", "top_k", "top_p", "seed")
+SERVED = ("length", "temperature", "top_k", "top_p", "seed", "label")
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def parse_request(body: bytes, generator: TextGenerator) -> GenerateRequest:
         request = GenerateRequest(data.pop("prime", ""), data.pop("num_samples", 1), Controls.of(**data))
         _check_caps(request)
         return GenerateRequest(request.prime, request.num_samples, request.controls,
-                               _tokenizer_call(generator.encode_prime, request.prime))
+                               _tokenizer_call(generator.encode_prime, request.prime, request.controls.label))
     except TextgenError as err:
         raise ApiError(str(err)) from None
 

@@ -42,7 +42,7 @@ from textgen.atomic import (commit, fault_point, fsync, link_or_copy, remove_sta
                             unlink, write_json_atomic)
 from textgen.config import FORMAT_VERSION, Config, ConfigError, TextgenError
 from textgen.corpus_cache import sha256_file
-from textgen.tokenizer import is_panic, spec_level, tokenizer_level
+from textgen.tokenizer import is_panic, spec_level, tokenizer_level, vocabulary_labels
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -344,7 +344,17 @@ def bundle_info(path: Path | str) -> dict[str, Any]:
         "vocab_size": config.model.vocab_size, "level": config.tokenizer.level,
         "epoch": state.get("epoch"), "step": state.get("step"),
         "best_val_loss": best, "best_val_bits_per_char": best_bits, "corpus": config.corpus,
+        "docs": config.tokenizer.docs, "labels": _labels(path) if config.tokenizer.label_key else [],
     }
+
+
+def _labels(path: Path) -> list[str]:
+    """The labels in a bundle's tokenizer.json (read as JSON: no tokenizer is built), sorted."""
+    try:
+        vocab = json.loads((path / TOKENIZER_FILE).read_text(encoding="utf-8"))["model"]["vocab"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise TextgenError(f"{path / TOKENIZER_FILE}: missing or not a tokenizer") from None
+    return list(vocabulary_labels(vocab))
 
 
 def _versions() -> dict[str, str]:

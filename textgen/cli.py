@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from textgen import __version__
 from textgen.config import Interrupted, TextgenError, TrainOption, train_options
-from textgen.controls import RULES, Rule
+from textgen.controls import RULES, UNIQUE_ATTEMPTS, Rule
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -107,6 +107,14 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--num-samples", type=_positive_int, default=1, help="samples generated as one batch (default: 1)")
     g.add_argument("--json", action="store_true", help="print a JSON list of the samples")
+    g.add_argument("--output", default=None, metavar="FILE",
+                   help="write the samples to FILE, one per line: .txt (text) or .jsonl (text, seed, index)")
+    g.add_argument("--unique", action="store_true",
+                   help=f"drop repeated samples until --num-samples distinct ones (at most "
+                        f"{UNIQUE_ATTEMPTS} x --num-samples tries)")
+    g.add_argument("--novelty", action="append", default=None, metavar="CORPUS",
+                   help="the training corpus: report per sample whether it is a training document and the "
+                        "longest span it copies; repeatable")
     p.set_defaults(run=_run_generate)
 
 
@@ -218,6 +226,8 @@ def _run_generate(args: argparse.Namespace) -> int:
         options["length"] = None  # only --max-chars: no token limit
     if args.interactive:
         return _interactive(generator, options)
+    if args.output or args.unique or args.novelty:
+        return _many_samples(generator, prime, options, args)
     if args.num_samples == 1 and not args.json:
         _write_stream(generator.stream(prime, **options))
         return 0
@@ -229,6 +239,58 @@ def _run_generate(args: argparse.Namespace) -> int:
             print(f"=== sample {i} of {len(samples)} ===")
             print(text)
     return 0
+
+
+def _many_samples(generator, prime: str, options: dict, args: argparse.Namespace) -> int:
+    """--output, --unique, --novelty: samples in batches behind a progress bar, checked, then written."""
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from textgen.sample_file import check_output, write_samples
+
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        check_output(output)
+    index = generator.corpus_index(args.novelty) if args.novelty else None
+    rows = []
+    with tqdm(total=args.num_samples, unit="sample", desc="generating", disable=None, leave=False) as bar:
+        for sample in generator.samples(prime, args.num_samples, unique=args.unique, novelty=index, **options):
+            row = {"text": sample.text, "seed": sample.seed, "index": sample.index}
+            if sample.novelty is not None:
+                row |= {"copy": sample.novelty.copy, "longest_copy": sample.novelty.longest}
+            rows.append(row)
+            bar.update()
+    if len(rows) < args.num_samples:
+        print(f"textgen: found {len(rows)} distinct samples of the {args.num_samples} asked for in "
+              f"{UNIQUE_ATTEMPTS * args.num_samples} tries", file=sys.stderr)
+    if output is not None:
+        write_samples(output, rows)
+        print(f"wrote {len(rows)} samples to {output}", file=sys.stderr)
+    elif args.json:
+        print(json.dumps([r["text"] for r in rows], ensure_ascii=False))
+    else:
+        for i, row in enumerate(rows, 1):
+            print(f"=== sample {i} of {len(rows)}{_novelty_note(row)} ===")
+            print(row["text"])
+    if index is not None:
+        print(_novelty_summary(rows, index.k), file=sys.stderr)
+    return 0
+
+
+def _novelty_note(row: dict) -> str:
+    if "copy" not in row:
+        return ""
+    return " (a training document)" if row["copy"] else f" (longest copied span {row['longest_copy']} characters)"
+
+
+def _novelty_summary(rows: list[dict], k: int) -> str:
+    """One line: how many samples are new, and the copied spans."""
+    new = sum(not r["copy"] for r in rows)
+    longest = [r["longest_copy"] for r in rows]
+    return (f"novelty: {new} of {len(rows)} samples are not training documents; longest copied span "
+            f"(runs of {k}-character pieces of the corpus): mean {sum(longest) / max(len(rows), 1):.1f}, "
+            f"max {max(longest, default=0)} characters")
 
 
 def _read_prime(args: argparse.Namespace) -> str:
@@ -318,7 +380,9 @@ def _run_info(args: argparse.Namespace) -> int:
         f"bundle       {info['path']}  (name {info['name']!r}, format {info['format_version']})",
         f"model        {m['layers']}x{m['units']} LSTM, embedding {m['embedding_dim']}, dropout {m['dropout']}, "
         f"{info['parameters']:,} parameters",
-        f"tokens       {info['level']} level, vocabulary {info['vocab_size']:,}",
+        f"tokens       {info['level']} level, vocabulary {info['vocab_size']:,}"
+        + (f"; documents: --docs {info['docs']}" if info["docs"] != "text" else ""),
+        *([f"labels       {', '.join(info['labels'])}"] if info["labels"] else []),
         f"training     step {_count(info['step'])}, epoch {_count(info['epoch'])}; batch {t['batch_size']} x {t['seq_len']}, "
         f"learning rate {t['learning_rate']}, seed {t['seed']}",
         f"best val     {best}",

@@ -67,6 +67,13 @@ class TokenizerConfig:
     encoding: str = option("utf-8", "corpus encoding")  # how corpus files are decoded
     # a Lowercase normalizer inside tokenizer.json
     lowercase: bool = option(False, "fold case: the model reads and writes lowercase text")
+    # Documents are joined by [DOC] (textgen.documents reads them); "text" is one long text per file.
+    docs: str = option("text", "what a document is: text (a whole file), lines (each non-empty line), "
+                       "jsonl:FIELD or csv:COLUMN (that field's text)", group="corpus", metavar="MODE")
+    label_field: str | None = option(None, "with --docs jsonl:...: each document's label (generate --label)",
+                                     group="corpus", metavar="FIELD")
+    label_column: str | None = option(None, "with --docs csv:...: each document's label (generate --label)",
+                                      group="corpus", metavar="COLUMN")
 
     def validate(self) -> None:
         require(self.level in LEVELS, f"level must be one of {', '.join(LEVELS)}, not {self.level!r}")
@@ -74,6 +81,21 @@ class TokenizerConfig:
         require(self.level != "bpe" or self.vocab_size >= 258,
                 "vocab_size must be at least 258 at bpe level (256 bytes and 2 special tokens)")
         require(_is_text_encoding(self.encoding), f"unknown text encoding {self.encoding!r}")
+        kind, _, name = self.docs.partition(":")
+        require(self.docs in ("text", "lines") or (kind in ("jsonl", "csv") and name),
+                f"docs must be text, lines, jsonl:FIELD or csv:COLUMN, not {self.docs!r}")
+        require(self.label_field is None or kind == "jsonl", "--label-field needs --docs jsonl:FIELD")
+        require(self.label_column is None or kind == "csv", "--label-column needs --docs csv:COLUMN")
+
+    @property
+    def documents(self) -> bool:
+        """Whether the corpus is a set of documents, each ended by [DOC] (not one long text)."""
+        return self.docs != "text"
+
+    @property
+    def label_key(self) -> str | None:
+        """The jsonl field or csv column holding each document's label, if labelled."""
+        return self.label_field or self.label_column
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from textgen.config import fits_type, require
 from textgen.sampler import DEFAULT_PENALTY_WINDOW
 
 GENERATE_LENGTH = 200  # tokens generated when no length (and no character cap) is given
+UNIQUE_ATTEMPTS = 10  # samples made per one asked for before `unique` gives up (sample, --unique)
 
 
 def _control(default: Any, help: str, low: float | None = None, high: float | None = None, *,
@@ -51,6 +52,8 @@ class Controls:
         0, above=True, none="off", metavar="R")
     # NumPy seeds a stream from any non-negative int; 2^63-1 is the most an int64 client can send.
     seed: int | None = _control(None, "same seed, same text", 0, 2**63 - 1, none="a fresh random seed")
+    label: str | None = _control(None, "write a document of this label (a bundle trained with --label-field "
+                                 "or --label-column)", none="any", group="documents", metavar="VALUE")
 
     def __post_init__(self):
         stops = self.stop  # a string, an iterable of them, or None; a bad value is refused below
@@ -121,6 +124,8 @@ class Rule:
         """The rule in words, None aside: 'an integer in 0..9', 'a number in (0, 1]'."""
         if self.repeated:
             return "a string or a list of strings"
+        if self.kind is str:
+            return "a string"
         noun = "an integer" if self.kind is int else "a number"
         if self.high is not None and self.kind is int:
             limits = f" in {self.low}..{self.high}"

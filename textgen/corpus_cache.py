@@ -3,7 +3,8 @@
     TEXTGEN_CACHE_DIR/tokens/KEY/      (default ~/.cache/textgen; KEY hashes the file
         manifest.json                   paths, every tokenizer setting and tokenizer.SCHEME)
         tokenizer.json                 the tokenizer the ids belong to
-        train.ids                      the corpus ids, files joined by [DOC]; uint8, uint16
+        train.ids                      the corpus ids, files joined by [DOC] (documents: each
+                                       one after a [DOC] and its label, a [DOC] at the end); uint8, uint16
         val.ids                        or uint32 by vocabulary size; --val-file's ids, if any
 
 Building reads every file twice in chunks of CHUNK_BYTES, each pass behind a tqdm bar in
@@ -32,8 +33,10 @@ from tqdm.auto import tqdm
 
 from textgen.config import TextgenError, TokenizerConfig
 from textgen.corpora import cache_dir
+from textgen.documents import read_documents
 from textgen.text import read_chunks
-from textgen.tokenizer import DOC, SCHEME, UNK, CharTable, _word_chunks, build_tokenizer, token_pieces
+from textgen.tokenizer import (DOC, LABEL_PREFIX, LABEL_SUFFIX, SCHEME, UNK, CharTable, _word_chunks,
+                               build_tokenizer, token_pieces, with_labels)
 
 CACHE_FORMAT = 2  # 2: unknown-token counts in the manifest; the key holds every setting and the scheme
 # Char level reads 16 MB at a time (per-call overhead vanishes, memory stays small);
@@ -158,45 +161,90 @@ def _train_tokenizer(paths, val_paths, settings):
     digests = [hashlib.sha256() for _ in paths + val_paths]
     total = sum(s["bytes"] for s in sources + val_sources)
 
+    labels: set[str] = set()
+
     def pieces(bar) -> Iterator[str]:
         for path, digest in zip(paths + val_paths, digests):
             def seen(data: bytes, digest=digest) -> None:
                 digest.update(data)
                 bar.update(len(data))
-            for piece in file_pieces(path, settings.encoding, settings.level, seen):
+            for piece in _texts(path, settings, seen, labels):
                 # tokenizers' trainer memory grows with the piece: 4 MB pieces peaked near
                 # 1 GB even for a 10 MB corpus, 256K-character pieces near 150 MB (same vocabulary).
                 yield from _word_chunks(piece, SUBWORD_PIECE_CHARS) if settings.level != "char" else (piece,)
 
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, **_BAR, desc="building vocabulary") as bar:
         tokenizer = build_tokenizer(pieces(bar), settings.level, settings.vocab_size, settings.lowercase)
+    tokenizer = with_labels(tokenizer, sorted(labels)) if labels else tokenizer
     for record, digest in zip(sources + val_sources, digests):
         record["sha256"] = digest.hexdigest()
     return sources, val_sources, tokenizer
 
 
+def _texts(path: Path, settings: TokenizerConfig, on_chunk, labels: set[str]) -> Iterator[str]:
+    """One file's text in pieces no token spans, documents' texts apart; labels seen go in `labels`."""
+    if not settings.documents:
+        yield from file_pieces(path, settings.encoding, settings.level, on_chunk)
+        return
+    for document in read_documents(path, settings, on_chunk):
+        if document.label is not None:
+            labels.add(document.label)
+        yield from token_pieces([document.text], settings.level)
+
+
 def _encode_files(files, recorded, tokenizer, settings, out: Path, dtype) -> tuple[int, int, int]:
-    """Second pass: append each file's ids to `out`, [DOC] between files;
-    (tokens, characters, [UNK] tokens)."""
+    """Second pass: append each file's ids to `out`, [DOC] between files (documents: [DOC]
+    and the label before each document, [DOC] after the last); (tokens, characters, [UNK] tokens)."""
     doc_id = tokenizer.token_to_id(DOC)  # tokenizers older than [DOC] join files with a newline
     doc = np.array([doc_id] if doc_id is not None else tokenizer.encode("\n").ids, dtype=dtype)
     table = CharTable(tokenizer, dtype) if settings.level == "char" else None
     unk_id = tokenizer.token_to_id(UNK)
-    tokens = characters = unknown = 0
+    tokens = characters = unknown = documents = 0
     total = sum(r["bytes"] for r in recorded)
+
+    def write(ids: np.ndarray) -> None:
+        nonlocal tokens
+        ids.astype(dtype, copy=False).tofile(f)
+        tokens += len(ids)
+
     with open(out, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, **_BAR,
                                     desc="tokenizing") as bar:
         for i, path in enumerate(files):
+            if settings.documents:
+                for document in read_documents(path, settings, lambda d: bar.update(len(d))):
+                    write(np.concatenate([doc, _label_id(tokenizer, document, dtype)]))
+                    documents += 1
+                    for text in token_pieces([document.text], settings.level):
+                        ids = _encode_piece(text, tokenizer, table)  # (n,)
+                        write(ids)
+                        characters += len(text)
+                        unknown += int(np.count_nonzero(ids == unk_id))
+                continue
             if i:
-                doc.tofile(f)
-                tokens += len(doc)
+                write(doc)
             for text in file_pieces(path, settings.encoding, settings.level, lambda d: bar.update(len(d))):
                 ids = _encode_piece(text, tokenizer, table)  # (n,)
-                ids.astype(dtype, copy=False).tofile(f)
-                tokens += len(ids)
+                write(ids)
                 characters += len(text)
                 unknown += int(np.count_nonzero(ids == unk_id))  # vocabulary coverage, for free
+        if settings.documents:
+            if documents < 2:
+                names = ", ".join(str(p) for p in files)
+                raise TextgenError(f"{names}: {documents} document(s) in --docs {settings.docs} mode; "
+                                   "need at least two")
+            write(doc)
     return tokens, characters, unknown
+
+
+def _label_id(tokenizer: Tokenizer, document, dtype) -> np.ndarray:
+    """The label token of a document ((0,) when unlabelled); a label the tokenizer lacks is refused."""
+    if document.label is None:
+        return np.zeros(0, dtype)
+    label_id = tokenizer.token_to_id(LABEL_PREFIX + document.label + LABEL_SUFFIX)
+    if label_id is None:
+        raise TextgenError(f"{document.path}:{document.line}: label {document.label!r} is not one of the "
+                           "tokenizer's labels")
+    return np.array([label_id], dtype)
 
 
 def _encode_piece(text: str, tokenizer: Tokenizer, table: CharTable | None) -> np.ndarray:

@@ -58,6 +58,21 @@ def split_ids(ids: np.ndarray, val_fraction: float, seq_len: int) -> tuple[np.nd
     return train, val
 
 
+def split_documents(ids: np.ndarray, doc_id: int, val_fraction: float,
+                    seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out the last `val_fraction` of the documents, whole (at least one).
+
+    `ids` is [DOC] d1 [DOC] d2 ... [DOC] dn [DOC]: the [DOC] where the held-out part starts
+    ends the training part too, so both read a document's end and the next one's start.
+    """
+    marks = np.flatnonzero(ids == doc_id)  # (n_documents + 1,)
+    n_docs = len(marks) - 1
+    cut = int(marks[n_docs - max(1, int(n_docs * val_fraction))])
+    train, val = ids[: cut + 1], ids[cut:]
+    check_length(train, seq_len, "training part of the documents")
+    return train, val
+
+
 def check_length(ids: np.ndarray, seq_len: int, what: str) -> None:
     """Refuse a token sequence too short for one training window."""
     if len(ids) < seq_len + 1:

@@ -11,8 +11,10 @@ one step then advances all N, and sample i draws from its own random stream (see
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +22,24 @@ import numpy as np
 from textgen import sampler
 from textgen.bundle import Bundle, load_bundle
 from textgen.config import TextgenError, require
-from textgen.controls import Controls, documented
+from textgen.controls import UNIQUE_ATTEMPTS, Controls, documented
+from textgen.novelty import CorpusIndex, Novelty
 from textgen.stepper import LSTMStepper
-from textgen.tokenizer import SPECIAL_TOKENS, decode, encode, unknown_characters, word_edges
+from textgen.tokenizer import DOC, SPECIAL_TOKENS, decode, encode, label_ids, unknown_characters, word_edges
 
 PRIME_CHUNK = 1024  # tokens of the prime read per call
+SAMPLE_BATCH = 64  # samples stepped together by `samples`: one matrix product feeds them all
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generated sample: its text, the random stream (seed, index) that made it and, when
+    asked for, its novelty against the training corpus."""
+
+    text: str
+    seed: int
+    index: int
+    novelty: Novelty | None = None
 
 
 class TextGenerator:
@@ -43,8 +58,12 @@ class TextGenerator:
         self.tokenizer = bundle.tokenizer
         self.config = bundle.config
         self.state = bundle.state
-        # Never invent [UNK] or a [DOC] separator (bundles older than [DOC] lack it).
-        self._banned = [i for i in map(self.tokenizer.token_to_id, SPECIAL_TOKENS) if i is not None]
+        # A documents bundle writes one document: [DOC] ends it. Elsewhere never invent [UNK] or a
+        # [DOC] separator (bundles older than [DOC] lack it); nor a label anywhere.
+        self.labels = label_ids(self.tokenizer)  # {label: token id}, sorted; {} for an unlabelled bundle
+        self._end_id = self.tokenizer.token_to_id(DOC) if self.config.tokenizer.documents else None
+        self._banned = [i for i in map(self.tokenizer.token_to_id, SPECIAL_TOKENS)
+                        if i is not None and i != self._end_id] + list(self.labels.values())
         self._edges = word_edges(self.tokenizer)  # word level: never glue two words (None elsewhere)
         self._stepper = LSTMStepper.from_model(self.model)  # a snapshot of the weights
         self._piece_table = _PieceDecoder.piece_table(self.tokenizer)  # once: it reads the whole vocabulary
@@ -66,21 +85,38 @@ class TextGenerator:
         """Run tokens (batch, time) from `states`: logits (batch, time, vocab) and new states."""
         return self._stepper.forward(np.asarray(ids, np.int32), states)
 
-    def encode_prime(self, prime: str) -> np.ndarray:
-        """Token ids of a prime text; unknown characters are an error at char level."""
+    def encode_prime(self, prime: str, label: str | None = None) -> np.ndarray:
+        """Token ids of a prime text; unknown characters are an error at char level.
+
+        For a documents bundle the prime opens a new document: [DOC] (and the label's token)
+        come first, so an empty prime starts a document as the training data did.
+        """
         if self.config.tokenizer.level == "char":
             missing = unknown_characters(self.tokenizer, prime)
             if missing:
                 shown = ", ".join(repr(ch) for ch in missing[:10])
                 raise TextgenError(f"prime text has characters the model's vocabulary lacks: {shown}")
-        return encode(self.tokenizer, prime)
+        ids = encode(self.tokenizer, prime)
+        start = self._document_start(label)
+        return np.concatenate([start, ids]).astype(np.int32) if len(start) else ids
+
+    def _document_start(self, label: str | None) -> np.ndarray:
+        """[DOC] and the label's token for a documents bundle ((0,) otherwise); the label is checked."""
+        if label is not None and not self.labels:
+            raise TextgenError("this bundle has no labels (train with --label-field or --label-column); "
+                               "leave out --label")
+        if label is not None and label not in self.labels:
+            raise TextgenError(f"unknown label {label!r}; the labels are: {', '.join(map(repr, self.labels))}")
+        if self._end_id is None:
+            return np.zeros(0, np.int32)
+        return np.array([self._end_id] + ([self.labels[label]] if label is not None else []), np.int32)
 
     @documented
     def stream(self, prime: str = "", *, include_prime: bool = True, **controls) -> Iterator[str]:
         """Yield the prime (unless include_prime is False), then the text of each new token
         as it is produced."""
         c = Controls.of(**controls)
-        ids = self.encode_prime(prime)
+        ids = self.encode_prime(prime, c.label)
         if prime and include_prime:
             yield prime
         for pieces in self.steps(ids, 1, c):
@@ -98,26 +134,64 @@ class TextGenerator:
         return "".join(self.stream(prime, **controls))
 
     @documented
-    def sample(self, prime: str = "", num_samples: int = 8, **controls) -> list[str]:
-        """`num_samples` independent continuations of one prime, generated as one batch.
+    def sample(self, prime: str = "", num_samples: int = 8, *, unique: bool = False, **controls) -> list[str]:
+        """`num_samples` independent continuations of one prime, generated in batches.
 
         Sample i uses the random stream (seed, i): sample 0 equals `generate` with the same seed.
+        With `unique`, repeats are dropped until `num_samples` distinct samples are found, or
+        UNIQUE_ATTEMPTS * num_samples were made (then fewer are returned).
         """
+        return [s.text for s in self.samples(prime, num_samples, unique=unique, **controls)]
+
+    def samples(self, prime: str = "", num_samples: int = 8, *, unique: bool = False,
+                novelty: CorpusIndex | str | Path | list | None = None, **controls) -> Iterator[Sample]:
+        """Like `sample`, one `Sample` (text, seed, index) at a time, SAMPLE_BATCH stepped together.
+
+        A run without a seed draws one, so every sample it yields can be made again. `novelty`
+        (the training corpus: file(s), a folder, or a `CorpusIndex` of them) checks each sample
+        against it: `Sample.novelty` says whether it is a training document and the longest span
+        it copies.
+        """
+        index = self.corpus_index(novelty) if novelty is not None else None
         c = Controls.of(**controls)
         require(num_samples >= 1, f"num_samples must be at least 1, not {num_samples}")
-        parts = [[prime] for _ in range(num_samples)]  # joined once at the end: linear time
-        for pieces in self.steps(self.encode_prime(prime), num_samples, c):
-            for part, piece in zip(parts, pieces):
-                part.append(piece)
-        return ["".join(part) for part in parts]
+        c = dataclasses.replace(c, seed=c.seed if c.seed is not None else sampler.fresh_seed())
+        ids = self.encode_prime(prime, c.label)
+        limit = UNIQUE_ATTEMPTS * num_samples if unique else num_samples
+        seen: set[str] = set()
+        first = found = 0
+        while first < limit and found < num_samples:
+            batch = min(SAMPLE_BATCH, limit - first)
+            parts = [[prime] for _ in range(batch)]  # joined once at the end: linear time
+            for pieces in self.steps(ids, batch, c, first):
+                for part, piece in zip(parts, pieces):
+                    part.append(piece)
+            for i, part in enumerate(parts):
+                text = "".join(part)
+                if found == num_samples or (unique and text in seen):
+                    continue
+                seen.add(text)
+                found += 1
+                yield Sample(text, c.seed, first + i, index.check(text) if index is not None else None)
+            first += batch
 
-    def steps(self, ids: np.ndarray, num_samples: int, controls: Controls) -> Iterator[list[str]]:
+    def corpus_index(self, corpus: CorpusIndex | str | Path | list) -> CorpusIndex:
+        """The novelty index of the training corpus (files read as this bundle was trained)."""
+        from textgen.data import resolve_paths
+
+        if isinstance(corpus, CorpusIndex):
+            return corpus
+        items = [str(corpus)] if isinstance(corpus, (str, Path)) else [str(c) for c in corpus]
+        return CorpusIndex.of_files(resolve_paths(items), self.config.tokenizer)
+
+    def steps(self, ids: np.ndarray, num_samples: int, controls: Controls, first: int = 0) -> Iterator[list[str]]:
         """Generate from prime token ids; yield, after each step, the new text of every sample.
 
-        A finished sample (stop string, max_chars) yields '' from then on; the last yield
-        carries any text held back while it could still have begun a stop string.
+        A finished sample (stop string, max_chars, its document's end) yields '' from then on; the last yield
+        carries any text held back while it could still have begun a stop string. Sample i
+        draws from the random stream (seed, first + i).
         """
-        run = Decoding(self, ids, num_samples, controls)
+        run = Decoding(self, ids, num_samples, controls, first)
         logits, states = self.read_prime(ids, num_samples)  # (n, vocab)
         # BLAS stays single-threaded while this generation runs (see textgen.stepper).
         with self.single_threaded():
@@ -158,7 +232,9 @@ class TextGenerator:
         return logits[:, -1, :], states
 
     def _start_ids(self) -> np.ndarray:
-        """Context for an empty prime: a newline, as if a new paragraph began."""
+        """Context for an empty prime: a newline, as if a new paragraph began ([DOC] for documents)."""
+        if self._end_id is not None:
+            return np.array([self._end_id], np.int32)
         newline = self.tokenizer.encode("\n").ids  # byte-level BPE spells it "Ċ"
         return np.array(newline[-1:] or [0], np.int32)
 
@@ -172,13 +248,15 @@ class Decoding:
     one batched step (textgen.batching), each choosing from its own rows of logits.
     """
 
-    def __init__(self, generator: TextGenerator, ids: np.ndarray, num_samples: int, controls: Controls):
+    def __init__(self, generator: TextGenerator, ids: np.ndarray, num_samples: int, controls: Controls,
+                 first: int = 0):
         c = self.controls = controls
         self.banned = generator._banned
         self.edges = generator._edges  # word level: never glue two words
+        self.end_id = generator._end_id  # a documents bundle: [DOC] ends a sample
         context = ids if len(ids) else generator._start_ids()
         self.previous = np.repeat(context[-1:], num_samples)  # (n,) each sample's last token
-        self.streams = sampler.Streams(c.seed, num_samples)
+        self.streams = sampler.Streams(c.seed, num_samples, first=first)
         self.recent = _Recent(ids, num_samples, sampler.DEFAULT_PENALTY_WINDOW) if c.repetition_penalty else None
         self.ends = [sampler.StopText(list(c.stop), c.max_chars) for _ in range(num_samples)]
         self.text = _PieceDecoder(generator.tokenizer, num_samples, generator._piece_table)
@@ -199,8 +277,10 @@ class Decoding:
         return tokens
 
     def pieces(self, tokens: np.ndarray) -> list[str]:
-        """The text each sample shows after its new token ('' once it has ended)."""
-        return [end.feed(piece) for end, piece in zip(self.ends, self.text.pieces(tokens))]
+        """The text each sample shows after its new token ('' once it has ended; [DOC] ends it)."""
+        pieces = self.text.pieces(tokens)
+        return [end.end() if token == self.end_id else end.feed(piece)
+                for end, piece, token in zip(self.ends, pieces, tokens)]
 
     @property
     def finished(self) -> bool:

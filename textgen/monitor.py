@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from textgen.callbacks import iterations
 from textgen.config import Config
 from textgen.generate import TextGenerator
-from textgen.tokenizer import decode
+from textgen.tokenizer import DOC, decode
 
 LN2 = math.log(2)
 SAMPLE_TEMPERATURES = (0.5, 0.8, 1.0)  # TensorBoard's samples: safe, usual, raw
@@ -156,7 +156,10 @@ def tensorboard_callbacks(run_dir: Path, sampler: LiveSampler, config: Config, p
 
 
 def sample_prime(tokenizer, train_ids) -> str:
-    """The corpus's first line (e.g. "First Citizen:"), so every sample starts alike."""
+    """The corpus's first line (e.g. "First Citizen:"), so every sample starts alike; none for
+    documents (they start with [DOC]: an empty prime starts a new document)."""
+    if len(train_ids) and train_ids[0] == tokenizer.token_to_id(DOC):
+        return ""
     head = decode(tokenizer, train_ids[:PRIME_TOKENS])
     return head.split("\n", 1)[0]
 

@@ -17,6 +17,11 @@ DEFAULT_PENALTY_WINDOW = 64  # tokens of recent context the repetition penalty l
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def fresh_seed() -> int:
+    """A random seed for a run that names none (kept, so its samples can be made again)."""
+    return int(np.random.SeedSequence().entropy % (1 << 63))
+
+
 class Streams:
     """Independent uniform streams, one per sample: stream i is seeded by (seed, i).
 
@@ -24,11 +29,11 @@ class Streams:
     gives the same sequence either way, so blocking changes no result.
     """
 
-    def __init__(self, seed: int | None, num_samples: int, block: int = 256):
+    def __init__(self, seed: int | None, num_samples: int, block: int = 256, first: int = 0):
         if seed is None:
-            seed = int(np.random.SeedSequence().entropy % (1 << 63))
+            seed = fresh_seed()
         self.seed = seed
-        self._rngs = [np.random.default_rng([seed, i]) for i in range(num_samples)]
+        self._rngs = [np.random.default_rng([seed, first + i]) for i in range(num_samples)]  # streams first...
         self._block = block
         self._buffer = np.empty((num_samples, 0))
         self._pos = 0
@@ -190,6 +195,12 @@ class StopText:
     def flush(self) -> str:
         """The held-back text, once generation ends without a stop."""
         return "" if self.done else self._show(len(self.text))
+
+    def end(self) -> str:
+        """The sample ended (its document did): the held-back text, and nothing after it."""
+        out = self.flush()
+        self.done = True
+        return out
 
     def _stop_at(self) -> int | None:
         """Where the text must end: the first stop string's start, or the character cap."""

@@ -32,6 +32,9 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 UNK = "[UNK]"
 DOC = "[DOC]"  # document separator: written between files as an id, never produced from text
 SPECIAL_TOKENS = (UNK, DOC)
+# A document's label ("[LABEL:poem]"), read before its text: a plain vocabulary entry no
+# text can reach (no pre-token of any level holds "[" and letters together).
+LABEL_PREFIX, LABEL_SUFFIX = "[LABEL:", "]"
 # Oniguruma's (?m) is "dot matches newline": every character becomes its own piece.
 _CHAR_PATTERN = r"(?m)."
 # A word or one punctuation mark, each with the single space before it if there is one,
@@ -112,6 +115,27 @@ def _unmatched_specials(tokenizer: Tokenizer) -> Tokenizer:
     spec = json.loads(tokenizer.to_str())
     spec["added_tokens"] = []
     return Tokenizer.from_str(json.dumps(spec))
+
+
+def with_labels(tokenizer: Tokenizer, labels: Iterable[str]) -> Tokenizer:
+    """The tokenizer with a label token per label appended to its vocabulary (new ids at the end)."""
+    spec = json.loads(tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    for label in labels:
+        vocab.setdefault(LABEL_PREFIX + label + LABEL_SUFFIX, max(vocab.values()) + 1)
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+def label_ids(tokenizer: Tokenizer) -> dict[str, int]:
+    """Each label the tokenizer knows, to its token id, sorted by label ({} if unlabelled)."""
+    return vocabulary_labels(tokenizer.get_vocab())
+
+
+def vocabulary_labels(vocab: dict[str, int]) -> dict[str, int]:
+    """The labels among a vocabulary's tokens ({token: id}, as in tokenizer.json), to their ids, sorted."""
+    found = {token[len(LABEL_PREFIX):-len(LABEL_SUFFIX)]: i for token, i in vocab.items()
+             if token.startswith(LABEL_PREFIX) and token.endswith(LABEL_SUFFIX)}
+    return dict(sorted(found.items()))
 
 
 def char_tokenizer(points: Iterable[int], lowercase: bool = False) -> Tokenizer:

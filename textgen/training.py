@@ -24,9 +24,10 @@ from textgen.bundle import CONFIG_FILE, load_bundle
 from textgen.config import (Config, Interrupted, RunConfig, TextgenError, check_memory, config_from_options,
                             fine_tune_config, resumed_config, split_options)
 from textgen.corpus_cache import TokenIds, token_ids
-from textgen.data import check_length, resolve_paths, sources_digest, split_ids
+from textgen.data import check_length, resolve_paths, sources_digest, split_documents, split_ids
 from textgen.resume import load_resume_state
 from textgen.session import Prepared, Session, build_session
+from textgen.tokenizer import DOC
 
 
 def train(corpus: str | list[str], *, callbacks: list | tuple = (), **options: Any) -> Path:
@@ -152,6 +153,8 @@ def prepare(items: list[str], val_file: str | None, config: Config, tokenizer=No
         check_length(train_ids, seq_len, "corpus")
         if len(val_ids) < 2:
             raise TextgenError(f"{val_file}: validation text needs at least two tokens")
+    elif config.tokenizer.documents:
+        train_ids, val_ids = split_documents(ids, tokenizer.token_to_id(DOC), config.train.val_fraction, seq_len)
     else:
         train_ids, val_ids = split_ids(ids, config.train.val_fraction, seq_len)
     model_cfg = dataclasses.replace(config.model, vocab_size=tokenizer.get_vocab_size())
