@@ -16,6 +16,7 @@ import sys
 from typing import Any, Sequence
 
 from textgen import __version__
+from textgen.cells import CELL_NAMES
 from textgen.config import GENERATE_LENGTH, LEVELS, MAX_SEED, Interrupted, ModelConfig, TextgenError, TokenizerConfig, TrainConfig
 
 EXIT_USAGE = 2
@@ -94,8 +95,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     option(g, "--vocab-size", "word/bpe vocabulary size", type=int)
     option(g, "--encoding", "corpus encoding")
     g = p.add_argument_group("model")
-    option(g, "--layers", "LSTM layers", type=int)
-    option(g, "--units", "units per LSTM layer", type=int)
+    option(g, "--cell", "recurrent cell", choices=CELL_NAMES)
+    option(g, "--layers", "recurrent layers", type=int)
+    option(g, "--units", "units per recurrent layer", type=int)
     option(g, "--embedding-dim", "token embedding width", type=int)
     option(g, "--dropout", "dropout between layers", type=float)
     g = p.add_argument_group("training")
@@ -346,7 +348,7 @@ def _run_info(args: argparse.Namespace) -> int:
                       for s in corpus.get("sources", []))
     lines = [
         f"bundle       {info['path']}  (name {info['name']!r}, format {info['format_version']})",
-        f"model        {m['layers']}x{m['units']} LSTM, embedding {m['embedding_dim']}, dropout {m['dropout']}, "
+        f"model        {m['layers']}x{m['units']} {m['cell'].upper()}, embedding {m['embedding_dim']}, dropout {m['dropout']}, "
         f"{info['parameters']:,} parameters",
         f"tokens       {info['level']} level, vocabulary {info['vocab_size']:,}",
         f"training     step {_count(info['step'])}, epoch {_count(info['epoch'])}; batch {t['batch_size']} x {t['seq_len']}, "

@@ -22,7 +22,7 @@ import numpy as np
 from textgen import sampler
 from textgen.checkpoint import Bundle, load_bundle
 from textgen.config import GENERATE_LENGTH, TextgenError
-from textgen.stepper import LSTMStepper
+from textgen.stepper import Stepper
 from textgen.tokenizer import SPECIAL_TOKENS, decode, encode, unknown_characters
 
 PRIME_CHUNK = 1024  # tokens of the prime read per call
@@ -76,7 +76,7 @@ class TextGenerator:
         self.state = bundle.state
         # Never invent [UNK] or a [DOC] separator (bundles older than [DOC] lack it).
         self._banned = [i for i in map(self.tokenizer.token_to_id, SPECIAL_TOKENS) if i is not None]
-        self._stepper = LSTMStepper.from_model(self.model)  # a snapshot of the weights
+        self._stepper = Stepper.from_model(self.model)  # a snapshot of the weights
 
     @classmethod
     def from_model(cls, model, tokenizer, config) -> "TextGenerator":
@@ -85,10 +85,10 @@ class TextGenerator:
 
     def refresh_weights(self) -> None:
         """Snapshot `model`'s weights again (a live model mid-training has moved on)."""
-        self._stepper = LSTMStepper.from_model(self.model)
+        self._stepper = Stepper.from_model(self.model)
 
     def zero_states(self, batch: int) -> list[np.ndarray]:
-        """Initial (h, c) of every layer for a batch: 2 * layers arrays of (batch, units)."""
+        """Initial state of every layer for a batch (LSTM: h, c; see textgen.cells), each (batch, units)."""
         return self._stepper.zero_states(batch)
 
     def forward(self, ids: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:

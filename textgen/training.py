@@ -368,7 +368,7 @@ def _announce(prepared: Prepared, layout: StreamLayout, bundle_dir: Path, run_di
     )
     m, t = cfg.model, cfg.train
     print(
-        f"Model: {m.layers}x{m.units} LSTM, batch {layout.batch} x {layout.seq_len} tokens "
+        f"Model: {m.layers}x{m.units} {m.cell.upper()}, batch {layout.batch} x {layout.seq_len} tokens "
         f"(state carried across batches), {layout.steps:,} steps per epoch"
     )
     if first_step:
