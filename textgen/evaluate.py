@@ -72,7 +72,25 @@ def _score(documents: Iterable[Iterable[str]], generator: TextGenerator, progres
         if scorer.tokens < 1:
             raise TextgenError("text to evaluate is too short (needs at least two tokens)")
         nats, tokens, chars = nats + scorer.nats, tokens + scorer.tokens, chars + scorer.chars
-    return Score(nats / max(chars, 1) / math.log(2), math.exp(nats / tokens), chars, tokens, nats)
+    return Score(bits_per_char(nats, chars), math.exp(nats / tokens), chars, tokens, nats)
+
+
+def bits_per_char(nats: float, chars: int) -> float:
+    """Total nats over the characters predicted, in bits: the one definition of bits/char."""
+    return nats / max(chars, 1) / math.log(2)
+
+
+def predicted_chars(generator: TextGenerator, text: str) -> int:
+    """Characters of `text` that scoring it predicts: all but its first token's."""
+    return len(text) - _first_token_chars(generator, text)
+
+
+def token_nats(generator: TextGenerator, x: np.ndarray, y: np.ndarray,
+               states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Nats of each target: x, y (rows, time) -> nats (rows, time) float64, and the new states."""
+    logits, states = generator.forward(x, states)  # (rows, time, vocab)
+    picked = np.take_along_axis(_log_softmax(logits), y[..., None].astype(np.intp), axis=-1)[..., 0]
+    return -picked, states
 
 
 class _Scorer:
@@ -89,7 +107,7 @@ class _Scorer:
         if len(ids) == 0:
             return
         if self.last_id is None:
-            self.chars += len(text) - _first_token_chars(self.generator, text)
+            self.chars += predicted_chars(self.generator, text)
         else:
             self.chars += len(text)
             ids = np.concatenate([[self.last_id], ids]).astype(np.int32)
@@ -97,8 +115,8 @@ class _Scorer:
             x = ids[start : start + CHUNK_TOKENS]  # (time,)
             y = ids[start + 1 : start + 1 + CHUNK_TOKENS][: len(x)]
             x = x[: len(y)]
-            logits, self.states = self.generator.forward(x[None, :], self.states)  # (1, time, vocab)
-            self.nats -= float(_log_softmax(logits[0])[np.arange(len(y)), y].sum())
+            nats, self.states = token_nats(self.generator, x[None, :], y[None, :], self.states)  # (1, time)
+            self.nats += float(nats.sum())
             self.tokens += len(y)
             if self.progress:
                 self.progress(len(y))
