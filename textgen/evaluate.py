@@ -63,6 +63,11 @@ def evaluate_files(generator: TextGenerator, paths: list[Path], progress=None) -
     return _score((read_pieces(p, encoding, progress) for p in paths), generator, None)
 
 
+def evaluate_document(generator: TextGenerator, pieces: Iterable[str]) -> Score:
+    """Score one text given as consecutive pieces, state carried across them (as a file is read)."""
+    return _score([pieces], generator, None)
+
+
 def _score(documents: Iterable[Iterable[str]], generator: TextGenerator, progress) -> Score:
     nats, tokens, chars = 0.0, 0, 0
     for pieces in documents:
@@ -78,11 +83,6 @@ def _score(documents: Iterable[Iterable[str]], generator: TextGenerator, progres
 def bits_per_char(nats: float, chars: int) -> float:
     """Total nats over the characters predicted, in bits: the one definition of bits/char."""
     return nats / max(chars, 1) / math.log(2)
-
-
-def predicted_chars(generator: TextGenerator, text: str) -> int:
-    """Characters of `text` that scoring it predicts: all but its first token's."""
-    return len(text) - _first_token_chars(generator, text)
 
 
 def token_nats(generator: TextGenerator, x: np.ndarray, y: np.ndarray,
@@ -107,7 +107,7 @@ class _Scorer:
         if len(ids) == 0:
             return
         if self.last_id is None:
-            self.chars += predicted_chars(self.generator, text)
+            self.chars += len(text) - _first_token_chars(self.generator, text)
         else:
             self.chars += len(text)
             ids = np.concatenate([[self.last_id], ids]).astype(np.int32)

@@ -24,12 +24,13 @@ import numpy as np
 
 from textgen.cells import cell_of
 from textgen.config import TextgenError
-from textgen.evaluate import CHUNK_TOKENS, bits_per_char, predicted_chars, read_pieces, token_nats
+from textgen.evaluate import CHUNK_TOKENS, Score, bits_per_char, evaluate_document, read_pieces, token_nats
 from textgen.tokenizer import UNK, encode
 
 SPAN_TOKENS = 200_000  # tokens the memory span is measured over
 PAGE_CHARS = 5_000  # characters the gates, cells and page look at
 TOP_CELLS = 3  # cells listed per property
+PAGE_CELLS = 8  # panels of the cell page
 ROW_BUDGET = 1 << 23  # logits per forward call (rows x time x vocab): bounds memory for big vocabularies
 SATURATED = 0.9  # a gate above this is open, below 1 - this shut
 KEEP_GATES = {"lstm": "forget", "gru": "update"}  # the gate that decides how much of the state is kept
@@ -39,9 +40,13 @@ KEEP_GATES = {"lstm": "forget", "gru": "update"}  # the gate that decides how mu
 class Text:
     """The part of FILE that inspect reads."""
 
-    span_text: str  # the first span-tokens tokens' text
+    pieces: list[str]  # the first span-tokens tokens' text, in the pieces evaluate reads
     ids: np.ndarray  # (n_tokens,) its token ids
     unknown: int  # characters that became [UNK]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
 
 
 def read_text(generator, path: Path, span_tokens: int = SPAN_TOKENS) -> Text:
@@ -55,12 +60,13 @@ def read_text(generator, path: Path, span_tokens: int = SPAN_TOKENS) -> Text:
         have += len(piece_ids)
         if have >= span_tokens:
             break
-    text, ids = "".join(pieces), np.concatenate(ids) if ids else np.zeros(0, np.int32)
+    ids = np.concatenate(ids) if ids else np.zeros(0, np.int32)
     if len(ids) < 2:
         raise TextgenError(f"{path}: too short to inspect (needs at least two tokens)")
     unk = generator.tokenizer.token_to_id(UNK)
-    unknown = int((ids == unk).sum()) if generator.config.tokenizer.level == "char" else _unknown_chars(generator, text)
-    return Text(text, ids, unknown)
+    level = generator.config.tokenizer.level
+    unknown = int((ids == unk).sum()) if level == "char" else _unknown_chars(generator, "".join(pieces))
+    return Text(pieces, ids, unknown)
 
 
 def _cut_to_tokens(tokenizer, level: str, piece: str, tokens: int) -> str:
@@ -85,18 +91,20 @@ def span_lengths(tokens: int) -> list[int]:
     return ks + [tokens - 1]
 
 
-def memory_span(generator, ids: np.ndarray, chars: int) -> list[dict]:
-    """Bits per character with the state reset every k tokens, for each k of `span_lengths`.
+def memory_span(generator, text: Text) -> tuple[list[dict], Score]:
+    """Bits per character with the state reset every k tokens, for each k of `span_lengths`,
+    and the whole text's Score.
 
-    generator: a TextGenerator (or anything with its `forward`, `zero_states` and config).
-    ids (n,): the tokens; `chars`: characters they predict (textgen.evaluate.predicted_chars).
-    Token t+1 is predicted from the tokens of its row up to t, so every token but the first
-    is predicted once for every k; at the largest k there is one row, scored with evaluate's
-    chunks and sums, so its bits/char is `textgen evaluate`'s.
+    generator: a TextGenerator (or anything with its `forward`, `zero_states`, tokenizer and
+    config). Token t+1 is predicted from the tokens of its row up to t, so every token but
+    the first is predicted once for every k, over the same characters. The whole text (the
+    largest k) is scored by textgen.evaluate itself, so its bits/char is `textgen evaluate`'s.
     """
-    inputs, targets = ids[:-1], ids[1:]
-    return [{"k": k, "bits_per_char": bits_per_char(_nats(generator, inputs, targets, k), chars)}
-            for k in span_lengths(len(ids))]
+    whole = evaluate_document(generator, text.pieces)
+    inputs, targets = text.ids[:-1], text.ids[1:]
+    rows = [{"k": k, "bits_per_char": bits_per_char(_nats(generator, inputs, targets, k), whole.characters)}
+            for k in span_lengths(len(text.ids))[:-1]]
+    return rows + [{"k": len(inputs), "bits_per_char": whole.bits_per_char}], whole
 
 
 def _nats(generator, inputs: np.ndarray, targets: np.ndarray, k: int) -> float:
@@ -172,10 +180,12 @@ def text_properties(text: str) -> dict[str, np.ndarray]:
     out = {name: np.zeros(n, np.float32) for name in
            ("inside_quote", "inside_brackets", "bracket_depth", "line_position", "indentation",
             "word_start", "inside_number")}
-    quote = depth = position = indent = 0
+    depth = position = indent = 0
+    quote = False
     leading, previous = True, ""
     for t, ch in enumerate(text):
-        quote = (quote ^ (ch == '"') or ch == "“") and ch != "”"
+        if ch in '"“”':
+            quote = not quote if ch == '"' else ch == "“"
         depth = max(0, depth + (ch in "([{") - (ch in ")]}"))
         if ch == "\n":
             position, indent, leading = 0, 0, True
@@ -237,7 +247,7 @@ class Inspection:
     tokens: int
     unknown: int
     gates: dict
-    cells: dict[str, list[dict]]
+    cells: dict[str, list[dict]]  # the best PAGE_CELLS per property, best first
     page_text: str
     spans: np.ndarray  # (page tokens, 2) character range of each token
     activations: np.ndarray  # (page tokens, cells)
@@ -245,9 +255,10 @@ class Inspection:
 
     def to_dict(self) -> dict:
         return {"memory_span": self.span, "characters": self.characters, "tokens": self.tokens,
-                "unknown_characters": self.unknown, "gates": self.gates, "cells": self.cells}
+                "unknown_characters": self.unknown, "gates": self.gates,
+                "cells": {prop: cells[:TOP_CELLS] for prop, cells in self.cells.items()}}
 
-    def top_cells(self, count: int = 8) -> list[tuple[str, int, str, float]]:
+    def top_cells(self, count: int = PAGE_CELLS) -> list[tuple[str, int, str, float]]:
         """The best distinct cells over all properties: (name, index, property, correlation)."""
         found = sorted(((abs(c["correlation"]), c["cell"], c["index"], prop, c["correlation"])
                         for prop, cells in self.cells.items() for c in cells), reverse=True)
@@ -264,12 +275,12 @@ def inspect(generator, path: Path, span_tokens: int = SPAN_TOKENS, page_chars: i
     from textgen.stepper import Stepper
 
     text = read_text(generator, Path(path), span_tokens)
-    span = memory_span(generator, text.ids, predicted_chars(generator, text.span_text))
-    page_text = text.span_text[:page_chars]
+    span, whole = memory_span(generator, text)
+    page_text = text.text[:page_chars]
     spans = token_spans(generator, page_text)
     trace = Stepper.from_model(generator.model).trace(encode(generator.tokenizer, page_text)[: len(spans)])
     cell = generator.config.model.cell
     activations, names = cell_activations(trace, cell)
-    cells = rank_cells(activations, names, per_token(text_properties(page_text), spans))
-    return Inspection(span, predicted_chars(generator, text.span_text), len(text.ids), text.unknown,
+    cells = rank_cells(activations, names, per_token(text_properties(page_text), spans), top=PAGE_CELLS)
+    return Inspection(span, whole.characters, len(text.ids), text.unknown,
                       gate_report(cell, trace), cells, page_text, spans, activations, names)

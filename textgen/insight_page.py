@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from textgen.config import TextgenError
-from textgen.insight import Inspection
+from textgen.insight import PAGE_CELLS, TOP_CELLS, Inspection
 
 LEVELS = 10  # buckets each side of zero: classes n0 (most negative) .. n20 (most positive)
 PAGE_FILE = "cells.html"
@@ -44,12 +44,12 @@ def report_lines(found: Inspection) -> list[str]:
                      f"< 0.1 on {layer['saturated_shut']:.1%}"
                      + (f"; |c| median {layer['abs_c']['percentiles']['50']:.2f}" if "abs_c" in layer else ""))
     for prop, cells in found.cells.items():
-        shown = ", ".join(f"{c['cell']} r={c['correlation']:+.2f}" for c in cells) or "(constant in this text)"
+        shown = ", ".join(f"{c['cell']} r={c['correlation']:+.2f}" for c in cells[:TOP_CELLS]) or "(constant in this text)"
         lines.append(f"{prop:>16}: {shown}")
     return lines
 
 
-def cell_page(found: Inspection, count: int = 8) -> str:
+def cell_page(found: Inspection, count: int = PAGE_CELLS) -> str:
     """The self-contained HTML page of the top `count` cells."""
     panels = []
     for name, index, prop, r in found.top_cells(count):
@@ -87,7 +87,7 @@ def _colour(bucket: int) -> str:
     return f"rgb({fade},{fade},255)" if bucket < LEVELS else f"rgb(255,{fade},{fade})"
 
 
-def write_outputs(found: Inspection, out: Path, cells: int = 8) -> list[Path]:
+def write_outputs(found: Inspection, out: Path, cells: int = PAGE_CELLS) -> list[Path]:
     """Write the page and the plots into `out`; return the files written."""
     try:
         out.mkdir(parents=True, exist_ok=True)
