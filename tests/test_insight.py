@@ -172,7 +172,7 @@ def test_inspect_cli_writes_page_and_plots_and_prints_json(tiny_bundle, tmp_path
     text.write_text("Zebra ∑\n" + make_text(30), encoding="utf-8")  # Z, b, ∑ are not in the vocabulary
     code, out, _ = run(capsys, "inspect", tiny_bundle, text, "--out", tmp_path / "out", "--json")
     found = json.loads(out)
-    assert code == 0 and found["unknown_characters"] == 3
+    assert code == 0 and found["unknown_tokens"] == 3
     assert {Path(f).name for f in found["files"]} == {"cells.html", "memory_span.png", "gates.png"}
     assert found["memory_span"][-1]["k"] == found["tokens"] - 1
     code, out, _ = run(capsys, "inspect", tiny_bundle, text, "--out", tmp_path / "out", "--span-tokens", "100")

@@ -42,7 +42,7 @@ class Text:
 
     pieces: list[str]  # the first span-tokens tokens' text, in the pieces evaluate reads
     ids: np.ndarray  # (n_tokens,) its token ids
-    unknown: int  # characters that became [UNK]
+    unknown: int  # tokens that became [UNK] (at char level: characters the vocabulary lacks)
 
     @property
     def text(self) -> str:
@@ -63,10 +63,7 @@ def read_text(generator, path: Path, span_tokens: int = SPAN_TOKENS) -> Text:
     ids = np.concatenate(ids) if ids else np.zeros(0, np.int32)
     if len(ids) < 2:
         raise TextgenError(f"{path}: too short to inspect (needs at least two tokens)")
-    unk = generator.tokenizer.token_to_id(UNK)
-    level = generator.config.tokenizer.level
-    unknown = int((ids == unk).sum()) if level == "char" else _unknown_chars(generator, "".join(pieces))
-    return Text(pieces, ids, unknown)
+    return Text(pieces, ids, int((ids == generator.tokenizer.token_to_id(UNK)).sum()))
 
 
 def _cut_to_tokens(tokenizer, level: str, piece: str, tokens: int) -> str:
@@ -75,11 +72,6 @@ def _cut_to_tokens(tokenizer, level: str, piece: str, tokens: int) -> str:
         return piece[:tokens]
     offsets = tokenizer.encode(piece).offsets
     return piece if len(offsets) <= tokens else piece[: offsets[tokens - 1][1]]
-
-
-def _unknown_chars(generator, text: str) -> int:
-    vocab = generator.tokenizer.get_vocab()
-    return sum(ch not in vocab for ch in set(text)) if generator.config.tokenizer.level == "word" else 0
 
 
 def span_lengths(tokens: int) -> list[int]:
@@ -255,7 +247,7 @@ class Inspection:
 
     def to_dict(self) -> dict:
         return {"memory_span": self.span, "characters": self.characters, "tokens": self.tokens,
-                "unknown_characters": self.unknown, "gates": self.gates,
+                "unknown_tokens": self.unknown, "gates": self.gates,
                 "cells": {prop: cells[:TOP_CELLS] for prop, cells in self.cells.items()}}
 
     def top_cells(self, count: int = PAGE_CELLS) -> list[tuple[str, int, str, float]]:

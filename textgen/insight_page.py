@@ -30,7 +30,8 @@ def report_lines(found: Inspection) -> list[str]:
     """The terminal report: memory span table, gate summary, top cells per property."""
     lines = [f"memory span over {found.tokens:,} tokens ({found.characters:,} characters predicted)"]
     if found.unknown:
-        lines.append(f"note: {found.unknown:,} characters unknown to the model were counted as [UNK]")
+        lines.append(f"note: {found.unknown:,} tokens unknown to the model (at char level, characters) "
+                     "were counted as [UNK]")
     lines.append(f"{'reset every k tokens':>22}  bits/char")
     for row in found.span:
         k = "whole text" if row is found.span[-1] else f"{row['k']:,}"
