@@ -77,7 +77,7 @@ class StopAt(__import__("keras").callbacks.Callback):
 def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path):
     import numpy as np
 
-    from textgen.checkpoint import load_resume_state
+    from textgen.resume import load_resume_state
 
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(300), encoding="utf-8")
@@ -190,7 +190,7 @@ def test_resume_refuses_a_different_number_of_replicas(tiny_bundle, tmp_path):
 def test_each_cell_trains_saves_loads_and_resumes_exactly(tmp_path, cell):
     import numpy as np
 
-    from textgen.checkpoint import load_resume_state
+    from textgen.resume import load_resume_state
     from textgen.evaluate import evaluate_texts
 
     corpus = tmp_path / "c.txt"

@@ -52,8 +52,9 @@ class Text:
 def read_text(generator, path: Path, span_tokens: int = SPAN_TOKENS) -> Text:
     """Read FILE block by block until `span_tokens` tokens (evaluate's reader: same errors)."""
     pieces, ids, have = [], [], 0
-    for piece in read_pieces(path, generator.config.tokenizer.encoding):
-        piece = _cut_to_tokens(generator.tokenizer, generator.config.tokenizer.level, piece, span_tokens - have)
+    settings = generator.config.tokenizer
+    for piece in read_pieces(path, settings.encoding, settings.level):
+        piece = _cut_to_tokens(generator.tokenizer, settings.level, piece, span_tokens - have)
         piece_ids = encode(generator.tokenizer, piece)
         pieces.append(piece)
         ids.append(piece_ids)
