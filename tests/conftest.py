@@ -13,7 +13,8 @@ SHARED_CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpor
 OLD_BUNDLE = Path(__file__).parent / "fixtures" / "bundle_v1"  # saved by textgen 0.1.0 (with resume/): must keep loading
 # Config fields added after OLD_BUNDLE was written, with the value an old bundle means by leaving
 # them out: a new save writes them, and nothing else of the old document may change.
-ADDED_CONFIG_FIELDS = {"tokenizer": {"lowercase": False, "docs": "text", "label_field": None, "label_column": None}}
+ADDED_CONFIG_FIELDS = {"tokenizer": {"lowercase": False, "docs": "text", "label_field": None, "label_column": None},
+                       "model": {"cell": "lstm"}}
 
 
 def with_added_fields(document: dict) -> dict:

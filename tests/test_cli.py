@@ -113,6 +113,7 @@ def test_bad_generate_inputs_get_one_line_and_exit_2(tiny_bundle, tmp_path, caps
     assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--prime", "a", "--interactive")[::2],
                           "not allowed")
     assert_one_line_error(*run(capsys, "train", "x.txt", "--level", "bytes")[::2], "level")
+    assert_one_line_error(*run(capsys, "train", "x.txt", "--cell", "transformer")[::2], "--cell")
     assert_one_line_error(*run(capsys, "train", "x.txt", "--no-such-flag")[::2], "unrecognized")
 
 

@@ -42,6 +42,23 @@ def test_vocab_size_option_caps_the_tokenizer_not_the_model():
     assert config.tokenizer.vocab_size == 500 and config.model.vocab_size == 0
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_parameter_count_per_cell_equals_keras_count(cell):
+    from textgen.model import build_model
+
+    model = config_from_options(cell=cell, units=12, layers=3, embedding_dim=5).model
+    model = type(model)(**{**model.__dict__, "vocab_size": 17})
+    assert model.parameter_count() == build_model(model).count_params()
+
+
+def test_a_config_without_a_cell_loads_as_lstm_and_unknown_cells_are_refused():
+    data = Config().to_dict()
+    del data["model"]["cell"]  # bundles written before the choice of cell
+    assert Config.from_dict(data).model.cell == "lstm"
+    with pytest.raises(ConfigError, match="cell must be one of lstm, gru, rnn"):
+        config_from_options(cell="transformer")
+
+
 def test_a_resumed_run_may_change_only_its_budget():
     from textgen.config import resumed_config, train_options
 

@@ -96,6 +96,6 @@ def test_sample_prime_is_the_first_line_and_hparams_are_flat(tiny_generator):
     ids = encode(tiny_generator.tokenizer, "The cat sat.\nA dog ran.\n")
     assert sample_prime(tiny_generator.tokenizer, ids) == "The cat sat."
     flat = hparams(tiny_generator.config)
-    assert flat["units"] == 16 and flat["level"] == "char" and flat["corpus"] == "tiny.txt"
+    assert flat["units"] == 16 and flat["level"] == "char" and flat["corpus"] == "tiny.txt" and flat["cell"] == "lstm"
     assert flat["model_vocab_size"] == tiny_generator.config.model.vocab_size
     assert all(v is None or isinstance(v, (bool, int, float, str)) for v in flat.values())

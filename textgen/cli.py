@@ -1,4 +1,4 @@
-"""The `textgen` command: train, generate, evaluate, info, serve.
+"""The `textgen` command: train, generate, evaluate, info, serve, inspect.
 
 TensorFlow is imported only after the arguments are parsed, with its start-up log
 lines hidden unless --verbose is given: the terminal belongs to the user. User errors
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub.add_parser("evaluate", parents=[common], help="bits per character of a text"))
     _add_info(sub.add_parser("info", parents=[common], help="describe a bundle"))
     _add_serve(sub.add_parser("serve", parents=[common], help="serve a bundle over HTTP with a web page"))
+    _add_inspect(sub.add_parser("inspect", parents=[common], help="memory span, gates and cells of a model on a text"))
     return parser
 
 
@@ -180,6 +181,17 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--request-timeout", type=_positive_float, default=60.0, metavar="SECONDS",
                    help="longest a request may wait and generate; past it: 504 (default: %(default)s)")
     p.set_defaults(run=_run_serve)
+
+
+def _add_inspect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("file", metavar="FILE", help="the text to look at (UTF-8 or the bundle's encoding)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where the cell page and plots go (default: inspect-NAME in this folder)")
+    p.add_argument("--span-tokens", type=_positive_int, default=200_000, metavar="N",
+                   help="tokens the memory span is measured over (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print every number as one JSON object")
+    p.set_defaults(run=_run_inspect)
 
 
 def _port(text: str) -> int:
@@ -378,8 +390,8 @@ def _run_info(args: argparse.Namespace) -> int:
                       for s in corpus.get("sources", []))
     lines = [
         f"bundle       {info['path']}  (name {info['name']!r}, format {info['format_version']})",
-        f"model        {m['layers']}x{m['units']} LSTM, embedding {m['embedding_dim']}, dropout {m['dropout']}, "
-        f"{info['parameters']:,} parameters",
+        f"model        {m['layers']}x{m['units']} {m['cell'].upper()}, embedding {m['embedding_dim']}, "
+        f"dropout {m['dropout']}, {info['parameters']:,} parameters",
         f"tokens       {info['level']} level, vocabulary {info['vocab_size']:,}"
         + (f"; documents: --docs {info['docs']}" if info["docs"] != "text" else ""),
         *([f"labels       {', '.join(info['labels'])}"] if info["labels"] else []),
@@ -397,6 +409,26 @@ def _run_info(args: argparse.Namespace) -> int:
 def _count(value: Any) -> str:
     """1,808 for a count; None (an old bundle without it) as is."""
     return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from textgen.generate import load
+    from textgen.insight import inspect
+    from textgen.insight_page import report_lines, write_outputs
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise TextgenError(f"{path}: no such file")
+    generator = load(args.bundle)
+    found = inspect(generator, path, span_tokens=args.span_tokens)
+    written = write_outputs(found, Path(args.out or f"inspect-{Path(args.bundle).resolve().name}"))
+    if args.json:
+        print(json.dumps({**found.to_dict(), "files": [str(f) for f in written]}))
+    else:
+        print("\n".join([*report_lines(found), "wrote " + ", ".join(str(f) for f in written)]))
+    return 0
 
 
 def _run_serve(args: argparse.Namespace) -> int:

@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from textgen.cells import CELL_NAMES, cell_of
+
 FORMAT_VERSION = 1
 LEVELS = ("char", "word", "bpe")
 # Upper bounds keep every value inside what NumPy, tf.data and the tokenizers library
@@ -100,13 +102,15 @@ class TokenizerConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The network: embedding -> stacked LSTM -> dense logits over the vocabulary."""
+    """The network: embedding -> stacked recurrent layers (LSTM by default) -> dense logits."""
 
     vocab_size: int = 0  # set from the tokenizer once it is built (0 = not yet known)
-    embedding_dim: int = option(64, "token embedding width")  # small: ~65 chars, the LSTM does the work
-    layers: int = option(2, "LSTM layers")  # two layers learn better text than one at the same CPU budget
-    units: int = option(256, "units per LSTM layer")  # 2x256 trains ~6,000 tokens/s on a busy 2-core CPU
+    embedding_dim: int = option(64, "token embedding width")  # small: ~65 chars, the recurrent layers do the work
+    layers: int = option(2, "recurrent layers")  # two layers learn better text than one at the same CPU budget
+    units: int = option(256, "units per recurrent layer")  # 2x256 LSTM trains ~6,000 tokens/s on a busy 2-core CPU
     dropout: float = option(0.25, "dropout between layers")  # 1 MB overfits in 10 CPU-minutes at 0.1 (bench/quality.py)
+    # textgen.cells defines each; bundles from before the choice have no key and are lstm
+    cell: str = option("lstm", "recurrent cell", choices=CELL_NAMES)
 
     def validate(self) -> None:
         require(0 <= self.vocab_size <= 10**7 and self.vocab_size != 1, "vocab_size must be in 2..10000000")
@@ -114,16 +118,18 @@ class ModelConfig:
         require(1 <= self.layers <= 16, "layers must be in 1..16")
         require(1 <= self.units <= 65_536, "units must be in 1..65536")
         require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        require(self.cell in CELL_NAMES, f"cell must be one of {', '.join(CELL_NAMES)}, not {self.cell!r}")
 
     def parameter_count(self) -> int:
         """Numbers in the network's weights, from the config alone (checked before building).
 
-        Embedding V*E; each LSTM layer kernel (in, 4u), recurrent kernel (u, 4u), bias 4u;
-        the logits layer u*V + V.
+        Embedding V*E; each recurrent layer as its cell counts it (an LSTM layer: kernel
+        (in, 4u), recurrent kernel (u, 4u), bias 4u); the logits layer u*V + V.
         """
         v, e, u = self.vocab_size, self.embedding_dim, self.units
-        lstm = sum(4 * u * ((e if i == 0 else u) + u + 1) for i in range(self.layers))
-        return v * e + lstm + u * v + v
+        cell = cell_of(self.cell)
+        recurrent = sum(cell.layer_parameters(e if i == 0 else u, u) for i in range(self.layers))
+        return v * e + recurrent + u * v + v
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """Score a text under a trained model: bits per character and perplexity per token.
 
-The text is streamed through the stateful model in chunks, carrying (h, c) from one
-chunk to the next, so every token is predicted from all the text before it, as in
-generation. Files are read block by block, so memory stays flat whatever their size.
-Bits per character divide the total bits by the characters predicted in the original
-text, so char- and word-level models compare on one scale.
+The text is streamed through the stateful model in chunks, carrying every layer's
+state (textgen.cells) from one chunk to the next, so every token is predicted from all
+the text before it, as in generation. Files are read block by block, so memory stays
+flat whatever their size. Bits per character divide the total bits by the characters
+predicted in the original text, so char- and word-level models compare on one scale.
 """
 
 from __future__ import annotations
@@ -63,6 +63,11 @@ def evaluate_files(generator: TextGenerator, paths: list[Path], progress=None) -
     return _score(documents, generator, None)
 
 
+def evaluate_document(generator: TextGenerator, pieces: Iterable[str]) -> Score:
+    """Score one text given as consecutive pieces, state carried across them (as a file is read)."""
+    return _score([pieces], generator, None)
+
+
 def _score(documents: Iterable[Iterable[str]], generator: TextGenerator, progress) -> Score:
     nats, tokens, chars = 0.0, 0, 0
     for pieces in documents:
@@ -72,7 +77,20 @@ def _score(documents: Iterable[Iterable[str]], generator: TextGenerator, progres
         if scorer.tokens < 1:
             raise TextgenError("text to evaluate is too short (needs at least two tokens)")
         nats, tokens, chars = nats + scorer.nats, tokens + scorer.tokens, chars + scorer.chars
-    return Score(nats / max(chars, 1) / math.log(2), math.exp(nats / tokens), chars, tokens, nats)
+    return Score(bits_per_char(nats, chars), math.exp(nats / tokens), chars, tokens, nats)
+
+
+def bits_per_char(nats: float, chars: int) -> float:
+    """Total nats over the characters predicted, in bits: the one definition of bits/char."""
+    return nats / max(chars, 1) / math.log(2)
+
+
+def token_nats(generator: TextGenerator, x: np.ndarray, y: np.ndarray,
+               states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Nats of each target: x, y (rows, time) -> nats (rows, time) float64, and the new states."""
+    logits, states = generator.forward(x, states)  # (rows, time, vocab)
+    picked = np.take_along_axis(_log_softmax(logits), y[..., None].astype(np.intp), axis=-1)[..., 0]
+    return -picked, states
 
 
 class _Scorer:
@@ -97,8 +115,8 @@ class _Scorer:
             x = ids[start : start + CHUNK_TOKENS]  # (time,)
             y = ids[start + 1 : start + 1 + CHUNK_TOKENS][: len(x)]
             x = x[: len(y)]
-            logits, self.states = self.generator.forward(x[None, :], self.states)  # (1, time, vocab)
-            self.nats -= float(_log_softmax(logits[0])[np.arange(len(y)), y].sum())
+            nats, self.states = token_nats(self.generator, x[None, :], y[None, :], self.states)  # (1, time)
+            self.nats += float(nats.sum())
             self.tokens += len(y)
             if self.progress:
                 self.progress(len(y))

@@ -1,7 +1,7 @@
 """Load a bundle and generate text: stateful, batched, streaming, with every decoding control.
 
 The prime is consumed in one call over all its tokens; after that each new token costs
-one step of every layer (each layer's (h, c) carried), never a re-run of the context.
+one step of every layer (each layer's state carried), never a re-run of the context.
 Steps run in NumPy over the trained weights (see `textgen.stepper` for why), so there
 is nothing to compile: the first token comes as fast as the thousandth.
 
@@ -24,7 +24,7 @@ from textgen.bundle import Bundle, load_bundle
 from textgen.config import TextgenError, require
 from textgen.controls import UNIQUE_ATTEMPTS, Controls, documented
 from textgen.novelty import CorpusIndex, Novelty
-from textgen.stepper import LSTMStepper
+from textgen.stepper import Stepper
 from textgen.tokenizer import DOC, SPECIAL_TOKENS, decode, encode, label_ids, unknown_characters, word_edges
 
 PRIME_CHUNK = 1024  # tokens of the prime read per call
@@ -65,7 +65,7 @@ class TextGenerator:
         self._banned = [i for i in map(self.tokenizer.token_to_id, SPECIAL_TOKENS)
                         if i is not None and i != self._end_id] + list(self.labels.values())
         self._edges = word_edges(self.tokenizer)  # word level: never glue two words (None elsewhere)
-        self._stepper = LSTMStepper.from_model(self.model)  # a snapshot of the weights
+        self._stepper = Stepper.from_model(self.model)  # a snapshot of the weights
         self._piece_table = _PieceDecoder.piece_table(self.tokenizer)  # once: it reads the whole vocabulary
 
     @classmethod
@@ -75,10 +75,10 @@ class TextGenerator:
 
     def refresh_weights(self) -> None:
         """Snapshot `model`'s weights again (a live model mid-training has moved on)."""
-        self._stepper = LSTMStepper.from_model(self.model)
+        self._stepper = Stepper.from_model(self.model)
 
     def zero_states(self, batch: int) -> list[np.ndarray]:
-        """Initial (h, c) of every layer for a batch: 2 * layers arrays of (batch, units)."""
+        """Initial state of every layer for a batch (LSTM: h, c; see textgen.cells), each (batch, units)."""
         return self._stepper.zero_states(batch)
 
     def forward(self, ids: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:

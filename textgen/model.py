@@ -1,12 +1,13 @@
-"""The network: Embedding -> stacked LSTM -> Dense logits over the vocabulary.
+"""The network: Embedding -> stacked recurrent layers -> Dense logits over the vocabulary.
 
-Two views of the same weights:
+The recurrent layers are LSTM (the default), GRU or SimpleRNN (`ModelConfig.cell`); what
+each carries as state is defined once, in textgen.cells. Two views of the same weights:
 - `build_model`: tokens (batch, time) -> logits (batch, time, vocab), for training;
-- `build_stateful_model`: tokens and every layer's (h, c) in, logits and new states
-  out, for generation and evaluation that carry state from one call to the next.
+- `build_stateful_model`: tokens and every layer's state (LSTM: h, c) in, logits and new
+  states out, for generation and evaluation that carry state from one call to the next.
 
-Layers are named (`embedding`, `lstm_0`, ..., `logits`) so weights move between the
-two views, and between a bundle and either view, by name.
+Layers are named (`embedding`, `lstm_0` or `gru_0` or `rnn_0`, ..., `logits`) so weights
+move between the two views, and between a bundle and either view, by name.
 """
 
 from __future__ import annotations
@@ -16,31 +17,37 @@ import numpy as np
 import tensorflow as tf
 from keras.src.losses.loss import unscale_loss_for_distribution
 
+from textgen.cells import cell_of
 from textgen.config import ModelConfig
 from textgen.distribute import MultiWorkerFix
 from textgen.fast_lstm import FastLSTM
 
 
-def _lstm(units: int, name: str, *, return_state: bool, dtype=None) -> keras.layers.LSTM:
-    # FastLSTM is keras.layers.LSTM with a faster CPU training path and the same weights;
-    # on a GPU it defers to Keras, and these arguments stay inside the cuDNN fast-path
-    # conditions (tanh/sigmoid activations, recurrent_dropout=0, unroll=False,
-    # use_bias=True), so a GPU runs cuDNN.
-    return FastLSTM(
-        units, return_sequences=True, return_state=return_state, name=name,
-        activation="tanh", recurrent_activation="sigmoid",
-        recurrent_dropout=0.0, unroll=False, use_bias=True, dtype=dtype,
-    )
+def _recurrent(cell: str, units: int, name: str, *, return_state: bool, dtype=None) -> keras.layers.RNN:
+    """One recurrent layer of the chosen cell, returning sequences (and its states if asked)."""
+    common = dict(return_sequences=True, return_state=return_state, name=name, dtype=dtype)
+    if cell == "rnn":
+        return keras.layers.SimpleRNN(units, activation="tanh", use_bias=True, **common)
+    # These arguments stay inside the cuDNN fast-path conditions (tanh/sigmoid activations,
+    # recurrent_dropout=0, unroll=False, use_bias=True; GRU: reset_after=True), so a GPU
+    # runs cuDNN. FastLSTM is keras.layers.LSTM with a faster CPU training path and the same
+    # weights; on a GPU it defers to Keras.
+    gated = dict(activation="tanh", recurrent_activation="sigmoid", recurrent_dropout=0.0, unroll=False,
+                 use_bias=True, **common)
+    if cell == "gru":
+        return keras.layers.GRU(units, reset_after=True, **gated)
+    return FastLSTM(units, **gated)
 
 
 def build_model(cfg: ModelConfig) -> keras.Model:
     """The export model: int tokens (batch, time) -> float logits (batch, time, vocab)."""
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")  # (batch, time)
     x = keras.layers.Embedding(cfg.vocab_size, cfg.embedding_dim, name="embedding")(tokens)
+    cell = cell_of(cfg.cell)
     for i in range(cfg.layers):
         if i > 0 and cfg.dropout > 0:
             x = keras.layers.Dropout(cfg.dropout, name=f"dropout_{i}")(x)
-        x = _lstm(cfg.units, f"lstm_{i}", return_state=False)(x)  # (batch, time, units)
+        x = _recurrent(cfg.cell, cfg.units, cell.layer_name(i), return_state=False)(x)  # (batch, time, units)
     if cfg.dropout > 0:
         x = keras.layers.Dropout(cfg.dropout, name="dropout_out")(x)
     logits = keras.layers.Dense(cfg.vocab_size, name="logits")(x)  # (batch, time, vocab)
@@ -48,7 +55,8 @@ def build_model(cfg: ModelConfig) -> keras.Model:
 
 
 def build_stateful_model(cfg: ModelConfig, *, dropout: bool = False, dtype=None) -> keras.Model:
-    """[tokens, h_0, c_0, h_1, c_1, ...] -> [logits, h_0', c_0', h_1', c_1', ...].
+    """[tokens, *states] -> [logits, *new states], states as textgen.cells lists them
+    (LSTM: [h_0, c_0, h_1, c_1, ...]; GRU and SimpleRNN: [h_0, h_1, ...]).
 
     Used for training with carried state (dropout=True) and for generation and
     evaluation (dropout=False: the identity at inference, so left out). Layer names
@@ -60,15 +68,16 @@ def build_stateful_model(cfg: ModelConfig, *, dropout: bool = False, dtype=None)
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")  # (batch, time)
     rate = cfg.dropout if dropout else 0.0
     states_in, states_out = [], []
+    cell = cell_of(cfg.cell)
     x = keras.layers.Embedding(cfg.vocab_size, cfg.embedding_dim, name="embedding", dtype=dtype)(tokens)
     for i in range(cfg.layers):
         if i > 0 and rate > 0:
             x = keras.layers.Dropout(rate, name=f"dropout_{i}", dtype=dtype)(x)
-        h = keras.Input(shape=(cfg.units,), name=f"h_{i}")  # (batch, units)
-        c = keras.Input(shape=(cfg.units,), name=f"c_{i}")
-        x, h_new, c_new = _lstm(cfg.units, f"lstm_{i}", return_state=True, dtype=dtype)(x, initial_state=[h, c])
-        states_in += [h, c]
-        states_out += [h_new, c_new]
+        layer_in = [keras.Input(shape=(cfg.units,), name=f"{state}_{i}") for state in cell.states]  # (batch, units)
+        layer = _recurrent(cfg.cell, cfg.units, cell.layer_name(i), return_state=True, dtype=dtype)
+        x, *layer_out = layer(x, initial_state=layer_in)
+        states_in += layer_in
+        states_out += layer_out
     if rate > 0:
         x = keras.layers.Dropout(rate, name="dropout_out", dtype=dtype)(x)
     logits = keras.layers.Dense(cfg.vocab_size, name="logits", dtype="float32")(x)  # (batch, time, vocab) float32
@@ -104,8 +113,8 @@ def local_copies(var: keras.Variable, strategy) -> tuple:
 class CarriedStateModel(MultiWorkerFix, keras.Model):
     """Truncated backpropagation through time over B contiguous streams.
 
-    Batch t holds the t-th slice of each of B streams of the corpus, so the (h, c) a
-    batch ends with is the right starting state for the next one: every step sees
+    Batch t holds the t-th slice of each of B streams of the corpus, so the states (LSTM:
+    h, c) a batch ends with is the right starting state for the next one: every step sees
     context far longer than --seq-len at no extra cost. The states live in
     non-trainable variables, one set for training and one for validation, and are
     zeroed when a batch arrives with `reset` set (the streams start over).
@@ -132,8 +141,8 @@ class CarriedStateModel(MultiWorkerFix, keras.Model):
         # outside a replica (a save) it gives the first replica's copy.
         return [
             keras.Variable("zeros", shape=(batch, cfg.units), trainable=False, synchronization="on_read",
-                           aggregation="only_first_replica", name=f"{kind}_{'hc'[i % 2]}_{i // 2}")
-            for i in range(2 * cfg.layers)
+                           aggregation="only_first_replica", name=f"{kind}_{state}")
+            for state in cell_of(cfg.cell).state_names(cfg.layers)
         ]
 
     def state_variables(self) -> list:

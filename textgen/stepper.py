@@ -1,11 +1,15 @@
-"""A NumPy forward pass over a trained model's weights, for CPU decoding.
+"""A NumPy forward pass over a trained model's weights, for CPU decoding (LSTM, GRU, SimpleRNN).
 
 Why hand-written: one decode step of a 2x256 LSTM is ~1 MFLOP, less work than the
 per-call overhead of a TensorFlow graph (tens of microseconds per call, more per op),
 so on a CPU a handful of NumPy calls per layer is the fastest way to run it. It reads
 the weights once, by layer name (`embedding`, `lstm_0`, ..., `logits`), and follows
-Keras's LSTM exactly (gate order i, f, g, o; c' = f*c + i*tanh(g); h' = o*tanh(c')),
-which tests check against the Keras model.
+Keras's cells exactly, which tests check against the Keras model for each cell:
+- LSTM: gate order i, f, g, o; c' = f*c + i*tanh(g); h' = o*tanh(c');
+- GRU (reset_after=True): gates z, r, candidate; n = tanh(x_n + r*(h U_n + b_n));
+  h' = z*h + (1-z)*n;
+- SimpleRNN: h' = tanh(x W + b + h U).
+What each layer carries (LSTM: h, c; the others: h) comes from textgen.cells.
 
 BLAS runs single-threaded inside every call: the products here are small (a batch of
 32 is ~17 MFLOP a step), so waking BLAS worker threads costs more than it saves, and
@@ -14,7 +18,8 @@ made a batch-32 step 10x slower in our measurements. `forward` limits BLAS to on
 thread for its duration (threadpoolctl); a decode loop holds `single_threaded()` around
 its steps instead, because entering the limit per step would cost ~15 us a token.
 
-Two rewrites make a step cheap without changing its result:
+Two rewrites make a step cheap without changing its result (the first for every cell,
+the second for the LSTM, the default):
 - the first layer's input projection is folded into the embedding table
   (embedding @ kernel + bias, one row per token), so it costs a row lookup;
 - every gate goes through one sigmoid, 1 / (1 + exp(-z)), computed in place on all four
@@ -28,46 +33,54 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from textgen.cells import CELLS, Cell, cell_of
+
 BLAS_THREADS = 1
 _THREADPOOLS = ThreadpoolController()
 
 
-class LSTMStepper:
-    """Run a stacked LSTM language model on NumPy arrays, carrying (h, c) per layer.
+class Stepper:
+    """Run a stacked recurrent language model on NumPy arrays, carrying every layer's state.
 
-    States are a list [h_0, c_0, h_1, c_1, ...] of (batch, units) float32 arrays.
+    States are a flat list of (batch, units) float32 arrays, layer by layer, in the order
+    textgen.cells gives (LSTM: [h_0, c_0, h_1, c_1, ...]; GRU, SimpleRNN: [h_0, h_1, ...]).
+    A subclass per cell says how its weights are prepared and how one step updates a layer;
+    `Stepper.from_model` picks the subclass from the model's layer names.
     """
 
-    def __init__(self, embedding: np.ndarray, lstm: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    cell: Cell  # set by each subclass
+
+    def __init__(self, embedding: np.ndarray, layers: list[tuple[np.ndarray, ...]],
                  dense: tuple[np.ndarray, np.ndarray]):
-        units = lstm[0][1].shape[0]
-        scale = np.full(4 * units, -1.0, np.float32)  # columns i, f, o: exp(-z) in the sigmoid
-        scale[2 * units : 3 * units] = -2.0  # g: tanh(g) = 2 * sigmoid(2g) - 1
-        self.units = units
-        kernel0, recurrent0, bias0 = (np.asarray(w, np.float32) for w in lstm[0])
-        self.table = ((np.asarray(embedding, np.float32) @ kernel0 + bias0) * scale).astype(np.float32)  # (vocab, 4H)
-        # ... so the first layer's input projection is a row lookup (embedding @ kernel + bias)
-        self.recurrent = [np.ascontiguousarray(np.asarray(w[1], np.float32) * scale) for w in lstm]  # (H, 4H)
-        self.kernels = [None] + [np.ascontiguousarray(np.asarray(w[0], np.float32) * scale) for w in lstm[1:]]
-        self.biases = [None] + [np.asarray(w[2], np.float32) * scale for w in lstm[1:]]
+        prepared = [self._prepare(*(np.asarray(w, np.float32) for w in weights)) for weights in layers]
+        kernel0, _, bias0 = prepared[0]
+        self.units = prepared[0][1].shape[0]
+        # the first layer's input projection becomes a row lookup (embedding @ kernel + bias)
+        self.table = (np.asarray(embedding, np.float32) @ kernel0 + bias0).astype(np.float32)  # (vocab, blocks*H)
+        self.recurrent = [np.ascontiguousarray(p[1]) for p in prepared]  # (H, blocks*H)
+        self.kernels = [None] + [np.ascontiguousarray(p[0]) for p in prepared[1:]]
+        self.biases = [None] + [p[2] for p in prepared[1:]]
         self.dense_kernel = np.ascontiguousarray(dense[0], np.float32)  # (H, vocab)
         self.dense_bias = np.asarray(dense[1], np.float32)
 
     @classmethod
-    def from_model(cls, model) -> "LSTMStepper":
+    def from_model(cls, model) -> "Stepper":
         """Snapshot the weights of a textgen Keras model (training or stateful view), by layer name."""
-        layers = sum(1 for layer in model.layers if layer.name.startswith("lstm_"))
-        lstm = [tuple(model.get_layer(f"lstm_{i}").get_weights()[:3]) for i in range(layers)]
-        return cls(model.get_layer("embedding").get_weights()[0], lstm,
-                   tuple(model.get_layer("logits").get_weights()))
+        names = {layer.name for layer in model.layers}
+        cell = next(c for c in CELLS.values() if c.layer_name(0) in names)
+        stepper = _STEPPERS[cell.name]
+        layers = sum(1 for i in range(len(names)) if cell.layer_name(i) in names)
+        weights = [tuple(model.get_layer(cell.layer_name(i)).get_weights()) for i in range(layers)]
+        return stepper(model.get_layer("embedding").get_weights()[0], weights,
+                       tuple(model.get_layer("logits").get_weights()))
 
     @property
     def layers(self) -> int:
         return len(self.recurrent)
 
     def zero_states(self, batch: int) -> list[np.ndarray]:
-        """Initial (h, c) of every layer: 2 * layers arrays of (batch, units)."""
-        return [np.zeros((batch, self.units), np.float32) for _ in range(2 * self.layers)]
+        """Initial states of every layer: layers * len(cell.states) arrays of (batch, units)."""
+        return [np.zeros((batch, self.units), np.float32) for _ in self.cell.state_names(self.layers)]
 
     @staticmethod
     def single_threaded():
@@ -79,16 +92,8 @@ class LSTMStepper:
         x = None
         new_states = []
         for i in range(self.layers):
-            h, c = states[2 * i], states[2 * i + 1]
-            if i == 0:
-                z = self.table[tokens] + h @ self.recurrent[0]  # (batch, 4H)
-            else:
-                z = x @ self.kernels[i]
-                z += h @ self.recurrent[i]
-                z += self.biases[i]
-            h, c = self._cell(z, c)
-            new_states += [h, c]
-            x = h  # (batch, H)
+            x, layer = self._recur(i, self._project(i, x, tokens), self._layer(states, i))  # x: (batch, H)
+            new_states += layer
         return x @ self.dense_kernel + self.dense_bias, new_states  # (batch, vocab)
 
     def forward(self, tokens: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -106,26 +111,96 @@ class LSTMStepper:
         new_states = []
         x = None  # (batch, time, H) outputs of the layer below
         for i in range(self.layers):
-            if i == 0:
-                projected = self.table[tokens]  # (batch, time, 4H)
-            else:
-                projected = x @ self.kernels[i] + self.biases[i]
-            h, c = states[2 * i], states[2 * i + 1]
+            projected = self._project(i, x, tokens)  # (batch, time, blocks*H)
+            layer = self._layer(states, i)
             out = np.empty((batch, time, self.units), np.float32)
             for t in range(time):
-                h, c = self._cell(projected[:, t] + h @ self.recurrent[i], c)
-                out[:, t] = h
-            new_states += [h, c]
+                out[:, t], layer = self._recur(i, projected[:, t], layer)
+            new_states += layer
             x = out
         return x @ self.dense_kernel + self.dense_bias, new_states  # (batch, time, vocab)
+
+    def trace(self, tokens: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """Every layer's states and gates after each token of one sequence, from a zero state.
+
+        tokens (time,) -> one dict per layer: each state name of the cell ("h", "c") and each
+        gate of `cell.gates` -> (time, units) float32. For `textgen inspect`.
+        """
+        tokens = np.asarray(tokens)[None, :]  # (1, time)
+        time, x, found = tokens.shape[1], None, []
+        states = self.zero_states(1)
+        with self.single_threaded():
+            for i in range(self.layers):
+                projected = self._project(i, x, tokens)[0]  # (time, blocks*H)
+                layer = self._layer(states, i)
+                seen = {name: np.empty((time, self.units), np.float32) for name in self.cell.states}
+                for t in range(time):
+                    _, layer = self._recur(i, projected[None, t], layer)
+                    for name, value in zip(self.cell.states, layer):
+                        seen[name][t] = value[0]
+                h_before = np.concatenate([np.zeros((1, self.units), np.float32), seen["h"][:-1]])  # (time, H)
+                seen.update(self._gates(i, projected, h_before))
+                found.append(seen)
+                x = seen["h"][None]  # (1, time, H)
+        return found
+
+    def _project(self, i: int, x: np.ndarray | None, tokens: np.ndarray) -> np.ndarray:
+        """Layer i's input projection x W + b (a fresh array): a table lookup for layer 0."""
+        return self.table[tokens] if i == 0 else x @ self.kernels[i] + self.biases[i]
+
+    def _layer(self, states: list[np.ndarray], i: int) -> list[np.ndarray]:
+        """Layer i's states out of the flat list."""
+        n = len(self.cell.states)
+        return states[n * i : n * (i + 1)]
+
+    def _prepare(self, kernel, recurrent, bias) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(kernel, recurrent kernel, input bias) as `_recur` uses them (default: as Keras has them)."""
+        return kernel, recurrent, bias
+
+    def _recur(self, i: int, xz: np.ndarray, layer: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One step of layer i from its input projection xz (batch, blocks*H): (h', new states)."""
+        raise NotImplementedError
+
+    def _gates(self, i: int, xz: np.ndarray, h_before: np.ndarray) -> dict[str, np.ndarray]:
+        """Gate activations of layer i over a sequence, from its inputs xz and previous outputs."""
+        return {}
+
+
+class LSTMStepper(Stepper):
+    """The LSTM, with the one-sigmoid rewrite of the module docstring."""
+
+    cell = cell_of("lstm")
+
+    def _prepare(self, kernel, recurrent, bias):
+        units = recurrent.shape[0]
+        scale = np.full(4 * units, -1.0, np.float32)  # columns i, f, o: exp(-z) in the sigmoid
+        scale[2 * units : 3 * units] = -2.0  # g: tanh(g) = 2 * sigmoid(2g) - 1
+        return kernel * scale, recurrent * scale, bias * scale
+
+    def _recur(self, i, xz, layer):
+        h, c = layer
+        z = xz + h @ self.recurrent[i]  # (batch, 4H)
+        h, c = self._cell(z, c)
+        return h, [h, c]
+
+    def _gates(self, i, xz, h_before):
+        z = self._sigmoids(xz + h_before @ self.recurrent[i])  # (time, 4H), scaled: i, f, o are gates
+        H = self.units
+        return {"input": z[:, :H], "forget": z[:, H : 2 * H], "output": z[:, 3 * H :]}
+
+    @staticmethod
+    def _sigmoids(z: np.ndarray) -> np.ndarray:
+        """1 / (1 + exp(z)) in place on pre-scaled pre-activations: every gate's sigmoid."""
+        np.minimum(z, 80.0, out=z)  # exp(80) is finite in float32: no overflow warnings
+        np.exp(z, out=z)
+        z += 1.0
+        np.reciprocal(z, out=z)  # the g block holds sigmoid(2g)
+        return z
 
     def _cell(self, z: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The LSTM update from pre-scaled pre-activations z (batch, 4H), which it overwrites."""
         H = self.units
-        np.minimum(z, 80.0, out=z)  # exp(80) is finite in float32: no overflow warnings
-        np.exp(z, out=z)
-        z += 1.0
-        np.reciprocal(z, out=z)  # sigmoid of every gate; the g block holds sigmoid(2g)
+        z = self._sigmoids(z)
         g = z[:, 2 * H : 3 * H] * 2.0
         g -= 1.0  # tanh(g)
         g *= z[:, :H]  # i * tanh(g)
@@ -134,3 +209,48 @@ class LSTMStepper:
         h = np.tanh(c)
         h *= z[:, 3 * H :]  # h' = o * tanh(c')
         return h, c
+
+
+class GRUStepper(Stepper):
+    """Keras' GRU with reset_after=True: bias (2, 3H) is an input bias and a recurrent one."""
+
+    cell = cell_of("gru")
+
+    def __init__(self, embedding, layers, dense):
+        super().__init__(embedding, layers, dense)
+        self.recurrent_biases = [np.asarray(w[2], np.float32)[1] for w in layers]  # (3H,)
+
+    def _prepare(self, kernel, recurrent, bias):
+        return kernel, recurrent, bias[0]
+
+    def _recur(self, i, xz, layer):
+        (h,) = layer
+        H = self.units
+        hz = h @ self.recurrent[i] + self.recurrent_biases[i]  # (batch, 3H): z, r, candidate
+        z = _sigmoid(xz[:, :H] + hz[:, :H])
+        r = _sigmoid(xz[:, H : 2 * H] + hz[:, H : 2 * H])
+        candidate = np.tanh(xz[:, 2 * H :] + r * hz[:, 2 * H :])
+        h = z * h + (1.0 - z) * candidate
+        return h, [h]
+
+    def _gates(self, i, xz, h_before):
+        H = self.units
+        gates = _sigmoid(xz[:, : 2 * H] + h_before @ self.recurrent[i][:, : 2 * H] + self.recurrent_biases[i][: 2 * H])
+        return {"update": gates[:, :H], "reset": gates[:, H:]}
+
+
+class RNNStepper(Stepper):
+    """Keras' SimpleRNN: h' = tanh(x W + b + h U)."""
+
+    cell = cell_of("rnn")
+
+    def _recur(self, i, xz, layer):
+        h = np.tanh(xz + layer[0] @ self.recurrent[i])
+        return h, [h]
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(np.minimum(-z, 80.0)))  # capped: no overflow warnings
+
+
+_STEPPERS = {"lstm": LSTMStepper, "gru": GRUStepper, "rnn": RNNStepper}

@@ -251,7 +251,8 @@ def _announce(session: Session, run_dir: Path) -> None:
         f"vocabulary {cfg.model.vocab_size:,})"
     )
     print(
-        f"Model: {cfg.model.layers}x{cfg.model.units} LSTM, batch {layout.batch} x {layout.seq_len} tokens "
+        f"Model: {cfg.model.layers}x{cfg.model.units} {cfg.model.cell.upper()}, "
+        f"batch {layout.batch} x {layout.seq_len} tokens "
         f"(state carried across batches), {layout.steps:,} steps per epoch"
     )
     if session.first_step:
