@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from textgen.config import TokenizerConfig
 from textgen.insight import inspect, memory_span, span_lengths, text_properties
 from textgen.insight_page import cell_page, write_outputs
 from tests.conftest import make_text
@@ -41,7 +42,7 @@ class DistanceModel:
 
         self.tokenizer = build_tokenizer(["0123456"], "char")
         vocab = self.tokenizer.get_vocab_size()
-        self.config = SimpleNamespace(model=SimpleNamespace(vocab_size=vocab), tokenizer=SimpleNamespace(level="char"))
+        self.config = SimpleNamespace(model=SimpleNamespace(vocab_size=vocab), tokenizer=TokenizerConfig())
         self.next_id = np.zeros(vocab, int)  # the id of the character after each digit
         for digit in range(7):
             self.next_id[self.tokenizer.token_to_id(str(digit))] = self.tokenizer.token_to_id(str((digit + 1) % 7))
@@ -109,7 +110,7 @@ def planted_quote_generator():
     tokenizer = build_tokenizer([QUOTED], "char")
     config = SimpleNamespace(model=ModelConfig(vocab_size=tokenizer.get_vocab_size(), embedding_dim=2, layers=1,
                                                units=4, dropout=0.0),
-                             tokenizer=SimpleNamespace(level="char", encoding="utf-8"))
+                             tokenizer=TokenizerConfig())
     keras.utils.set_random_seed(0)
     model = build_model(config.model)
     embedding = np.zeros((config.model.vocab_size, 2), np.float32)
@@ -146,7 +147,7 @@ def test_gates_do_not_apply_to_a_simple_rnn_and_it_is_said_not_raised(tmp_path):
     tokenizer = build_tokenizer([QUOTED], "char")
     model_config = ModelConfig(vocab_size=tokenizer.get_vocab_size(), embedding_dim=4, layers=2, units=8, cell="rnn")
     keras.utils.set_random_seed(0)
-    config = SimpleNamespace(model=model_config, tokenizer=SimpleNamespace(level="char", encoding="utf-8"))
+    config = SimpleNamespace(model=model_config, tokenizer=TokenizerConfig())
     generator = TextGenerator.from_model(build_model(model_config), tokenizer, config)
     (tmp_path / "q.txt").write_text(QUOTED, encoding="utf-8")
     found = inspect(generator, tmp_path / "q.txt", span_tokens=500)
