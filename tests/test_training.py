@@ -53,6 +53,27 @@ def test_existing_run_name_is_refused_unless_overwrite(tiny_bundle):
     assert again.name == "other" and (again / "config.json").is_file()
 
 
+class CrashAtStart(__import__("keras").callbacks.Callback):
+    """Fails before the first step, as a run that dies before its first resume save."""
+
+    def on_train_begin(self, logs=None):
+        raise RuntimeError("crashed before the first save")
+
+
+def test_overwrite_removes_the_old_runs_resume_state_and_logs_up_front(tmp_path, corpus_file):
+    from textgen.bundle import BundleError
+
+    options = dict(checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs", max_steps=2, **TINY)
+    textgen.train(str(corpus_file), **options)
+    old_logs = list((tmp_path / "runs" / "corpus").rglob("events.*"))
+    assert old_logs and (tmp_path / "ck" / "corpus" / "resume").is_dir()
+    with pytest.raises(RuntimeError, match="crashed"):
+        textgen.train(str(corpus_file), overwrite=True, callbacks=[CrashAtStart()], **options)
+    assert not any(log.exists() for log in old_logs)
+    with pytest.raises(BundleError, match="no resume state"):  # never the old run's
+        textgen.train(str(corpus_file), resume=True, **options)
+
+
 def test_stopping_mid_epoch_still_validates_and_saves(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(400), encoding="utf-8")  # an epoch is longer than 3 steps

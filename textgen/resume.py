@@ -27,6 +27,7 @@ from textgen.config import Config
 from textgen.corpus_cache import sha256_file
 
 RESUME_DIR = "resume"
+_FOLDERS = (RESUME_DIR, ".resume-old", ".resume-new")  # the state, a crash's fallback, a save under way
 STATE_FILE = "state.json"
 ARRAYS_FILE = "variables.npz"
 
@@ -50,7 +51,7 @@ def save_resume_state(bundle_dir: Path, trainer, tokenizer: Tokenizer, config: C
     import numpy as np
 
     bundle_dir = Path(bundle_dir)
-    new, current, old = (bundle_dir / n for n in (".resume-new", RESUME_DIR, ".resume-old"))
+    current, old, new = (bundle_dir / n for n in _FOLDERS)
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
     arrays = {f"model/{i:04d}": v.numpy() for i, v in enumerate(trainer.state_variables())}
@@ -71,12 +72,23 @@ def save_resume_state(bundle_dir: Path, trainer, tokenizer: Tokenizer, config: C
     return current
 
 
+def remove_resume_state(bundle_dir: Path) -> None:
+    """Delete a run's resume state (all of it: --overwrite must never resume the old run)."""
+    for name in _FOLDERS:
+        shutil.rmtree(Path(bundle_dir) / name, ignore_errors=True)
+
+
+def has_resume_state(bundle_dir: Path) -> bool:
+    """Whether a resume state (or the previous one a crash left) is there to continue from."""
+    return any((Path(bundle_dir) / n / STATE_FILE).is_file() for n in _FOLDERS[:2])
+
+
 def load_resume_state(bundle_dir: Path) -> ResumeState:
     """Read and verify NAME/resume/ (or the previous state a crash left); no pickle."""
     import numpy as np
 
     bundle_dir = Path(bundle_dir)
-    folder = next((bundle_dir / n for n in (RESUME_DIR, ".resume-old") if (bundle_dir / n / STATE_FILE).is_file()), None)
+    folder = next((bundle_dir / n for n in _FOLDERS[:2] if (bundle_dir / n / STATE_FILE).is_file()), None)
     if folder is None:
         raise BundleError(f"{bundle_dir}: no resume state to continue from ({bundle_dir / RESUME_DIR} is missing)")
     document, config = read_document(folder, STATE_FILE)

@@ -25,7 +25,7 @@ from textgen.config import (Config, Interrupted, RunConfig, TextgenError, check_
                             fine_tune_config, resumed_config, split_options)
 from textgen.corpus_cache import TokenIds, token_ids
 from textgen.data import check_length, resolve_paths, sources_digest, split_ids
-from textgen.resume import load_resume_state
+from textgen.resume import has_resume_state, load_resume_state, remove_resume_state
 from textgen.session import Prepared, Session, build_session
 
 
@@ -70,7 +70,7 @@ def _start(items: list[str], name: str, run: RunConfig, options: dict[str, Any],
         prepared = prepare(items, run.val_file, resumed_config(state.config, options), state.tokenizer, run.glob)
         _check_same_corpus(state.config, prepared.config, name)
         return prepared, state, None
-    if (bundle_dir / CONFIG_FILE).exists() and not run.overwrite:
+    if ((bundle_dir / CONFIG_FILE).exists() or has_resume_state(bundle_dir)) and not run.overwrite:
         raise TextgenError(
             f"{bundle_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
             f"or choose another --name"
@@ -116,9 +116,11 @@ def default_name(items: list[str]) -> str:
 
 
 def _claim_run(bundle_dir: Path, run_dir: Path, overwrite: bool) -> None:
-    """Create the run's folders; with overwrite, clear the old logs so curves do not mix."""
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
+    """Create the run's folders; with overwrite, clear the old logs (so curves do not mix) and
+    the old resume state (so a crash before the first save cannot resume the old run)."""
+    if overwrite:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        remove_resume_state(bundle_dir)
     for folder in (bundle_dir, run_dir):
         try:
             folder.mkdir(parents=True, exist_ok=True)
