@@ -204,3 +204,35 @@ def test_resume_refuses_a_different_number_of_replicas(tiny_bundle, tmp_path):
     with pytest.raises(TextgenError, match="trained on 2 replicas and must resume on as many, not 1"):
         textgen.train(str(root / "tiny.txt"), name="tiny", checkpoint_dir=tmp_path / "ck",
                       log_dir=tmp_path / "runs", resume=True, max_steps=50)
+
+
+def test_a_second_run_of_the_same_name_is_refused_while_the_first_holds_the_lock(tmp_path, corpus_file):
+    import os
+
+    from textgen.run_lock import run_lock
+
+    options = dict(checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs", max_steps=2, **TINY)
+    with run_lock(tmp_path / "ck" / "corpus"):
+        with pytest.raises(TextgenError, match=f"in use by another run \\(pid {os.getpid()}\\)"):
+            textgen.train(str(corpus_file), **options)
+    assert not (tmp_path / "ck" / "corpus" / "resume").exists()  # refused before it wrote anything
+    assert (textgen.train(str(corpus_file), **options) / "config.json").is_file()  # released on exit
+
+
+@pytest.mark.slow
+def test_a_running_process_holds_its_run_and_kill_9_leaves_no_stale_lock(tmp_path, corpus_file):
+    import os
+    import signal
+
+    from tests.conftest import Child
+
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    options = dict(checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs", max_steps=2, **TINY)
+    with Child("train", corpus_file, "--checkpoint-dir", tmp_path / "ck", "--log-dir", tmp_path / "runs",
+               "--max-steps", 10**6, *flags) as child:
+        child.wait_for_line("First step done")
+        with pytest.raises(TextgenError, match=f"in use by another run \\(pid {child.proc.pid}\\)"):
+            textgen.train(str(corpus_file), overwrite=True, **options)
+        os.killpg(child.proc.pid, signal.SIGKILL)
+        child.proc.wait()
+    assert (textgen.train(str(corpus_file), overwrite=True, **options) / "config.json").is_file()

@@ -6,6 +6,7 @@ trainer (`build_session`), builds the callbacks (`build_callbacks`), fits, and r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -26,6 +27,7 @@ from textgen.config import (Config, Interrupted, RunConfig, TextgenError, check_
 from textgen.corpus_cache import TokenIds, token_ids
 from textgen.data import check_length, resolve_paths, sources_digest, split_ids
 from textgen.resume import has_resume_state, load_resume_state, remove_resume_state
+from textgen.run_lock import run_lock
 from textgen.session import Prepared, Session, build_session
 
 
@@ -47,20 +49,21 @@ def train(corpus: str | list[str], *, callbacks: list | tuple = (), **options: A
     check_name(name)
     strategy = distribute.make_strategy(run.strategy)  # before any TensorFlow op (collectives)
     bundle_dir, run_dir = Path(run.checkpoint_dir) / name, Path(run.log_dir) / name
-    prepared, resume_state, init_model = _start(items, name, run, config_options, bundle_dir)
-    check_memory(prepared.config)
     # The chief writes the real bundle and logs; other workers run the same saves into
     # temporary folders (saves may hold collectives) and delete them at the end.
     out_bundle, out_run = distribute.output_dir(bundle_dir), distribute.output_dir(run_dir)
-    _claim_run(out_bundle, out_run, (run.overwrite and not run.resume) or out_bundle != bundle_dir)
-    try:
-        return fit(prepared, out_bundle, out_run, run, strategy, resume_state, init_model, list(callbacks))
-    except Interrupted as stop:
-        raise Interrupted(f"{stop}; resume with: {_resume_command(items, name, run)}", stop.exit_code) from None
-    finally:
-        if out_bundle != bundle_dir:
-            shutil.rmtree(out_bundle.parent, ignore_errors=True)
-            shutil.rmtree(out_run.parent, ignore_errors=True)
+    with run_lock(bundle_dir) if out_bundle == bundle_dir else contextlib.nullcontext():  # the chief's
+        prepared, resume_state, init_model = _start(items, name, run, config_options, bundle_dir)
+        check_memory(prepared.config)
+        _claim_run(out_bundle, out_run, (run.overwrite and not run.resume) or out_bundle != bundle_dir)
+        try:
+            return fit(prepared, out_bundle, out_run, run, strategy, resume_state, init_model, list(callbacks))
+        except Interrupted as stop:
+            raise Interrupted(f"{stop}; resume with: {_resume_command(items, name, run)}", stop.exit_code) from None
+        finally:
+            if out_bundle != bundle_dir:
+                shutil.rmtree(out_bundle.parent, ignore_errors=True)
+                shutil.rmtree(out_run.parent, ignore_errors=True)
 
 
 def _start(items: list[str], name: str, run: RunConfig, options: dict[str, Any], bundle_dir: Path) -> tuple:
