@@ -174,6 +174,19 @@ def test_full_disk_at_any_point_of_a_save_keeps_the_previous_bundle(bundle_copy,
     assert not list(bundle_copy.glob(".tmp-*"))
 
 
+def test_a_save_failing_with_a_plain_exception_rolls_back_and_says_so_in_one_line(bundle_copy):
+    from textgen.atomic import temporary_name
+
+    before = load_bundle(bundle_copy)
+    # A folder where the tokenizer's temporary file goes: `tokenizers` fails with a plain
+    # Exception ("Is a directory"), as it does for "File too large".
+    temporary_name(bundle_copy / "tokenizer.json").mkdir()
+    with pytest.raises(BundleError, match=r"could not save the bundle \(Is a directory.*previous bundle is kept"):
+        save_bundle(bundle_copy, before.model, before.tokenizer, before.config, {"step": 99})
+    assert not [f for f in bundle_copy.glob(".tmp-*") if f.is_file()]  # the new weights were removed
+    assert load_bundle(bundle_copy).state == before.state
+
+
 def load_bundle_weights_of(bundle):
     """A model with the weights `bundle` had before they were changed in the test."""
     from textgen.model import build_model

@@ -79,8 +79,9 @@ def build_document(config: Config, state: dict, files: dict[str, str]) -> dict[s
 def save_bundle(path: Path, model, tokenizer: Tokenizer, config: Config, state: dict) -> Path:
     """Write a bundle crash-consistently (see the module docstring); return its folder.
 
-    On an OSError (a full disk, a vanished folder) the new files are removed, the
-    previous bundle is left as it was, and BundleError says so.
+    On any failure before config.json names the new files (a full disk, a vanished folder,
+    `tokenizers`' plain Exception for "File too large") the new files are removed, the
+    previous bundle is left as it was, and BundleError says so in one line.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -105,14 +106,29 @@ def save_bundle(path: Path, model, tokenizer: Tokenizer, config: Config, state: 
             fault_point(point)
         write_json_atomic(path / CONFIG_FILE, document)
         fault_point("config-renamed")
-    except OSError as err:
-        if not _config_names(path, files):  # failed before config.json took the new files
+    except BaseException as err:
+        stands = _config_names(path, files)  # config.json took the new files: the save is complete
+        if not stands:
             _roll_back(path, renamed, [weights_tmp, tokenizer_tmp])
-            raise BundleError(f"{path}: could not save the bundle ({err.strerror or err}); "
+        if not is_failure(err):  # Ctrl-C, SystemExit: rolled back, and on its way
+            raise
+        if not stands:
+            raise BundleError(f"{path}: could not save the bundle ({failure_line(err)}); "
                               "the previous bundle is kept") from None
     for name in (WEIGHTS_FILE, TOKENIZER_FILE):
         unlink(path / (PREVIOUS + name))  # config.json now names the new files
     return path
+
+
+def is_failure(err: BaseException) -> bool:
+    """Whether a save's error is a failure to report (any Exception, or a `tokenizers` panic),
+    not a request to stop (KeyboardInterrupt, SystemExit)."""
+    return isinstance(err, Exception) or is_panic(err)
+
+
+def failure_line(err: BaseException) -> str:
+    """One line saying why a save failed: the OS's words for an OSError, else the error's first line."""
+    return (isinstance(err, OSError) and err.strerror) or _first_line(err)
 
 
 def _config_names(path: Path, files: dict[str, str]) -> bool:

@@ -22,7 +22,8 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from textgen.atomic import fault_point, fsync, write_json_atomic
-from textgen.bundle import TOKENIZER_FILE, BundleError, build_document, load_tokenizer, pick_file, read_document
+from textgen.bundle import (TOKENIZER_FILE, BundleError, build_document, failure_line, is_failure, load_tokenizer,
+                            pick_file, read_document)
 from textgen.config import Config
 from textgen.corpus_cache import sha256_file
 
@@ -47,10 +48,35 @@ def save_resume_state(bundle_dir: Path, trainer, tokenizer: Tokenizer, config: C
     """Write the trainer's variables (weights, carried states, dropout seeds) and the
     optimizer's (moments, iteration) in creation order, crash-consistently (see the
     module docstring); return the resume folder.
+
+    Any failure is rolled back (the previous state stays) and raised as one-line BundleError.
     """
+    bundle_dir = Path(bundle_dir)
+    try:
+        return _save(bundle_dir, trainer, tokenizer, config, progress)
+    except BaseException as err:
+        _roll_back(bundle_dir)
+        if not is_failure(err):
+            raise
+        raise BundleError(f"{bundle_dir}: could not save the resume state ({failure_line(err)}); "
+                          "the previous one is kept") from None
+
+
+def _roll_back(bundle_dir: Path) -> None:
+    """Undo a failed save as far as the disk allows; loading falls back to `.resume-old` anyway."""
+    current, old, new = (bundle_dir / n for n in _FOLDERS)
+    shutil.rmtree(new, ignore_errors=True)
+    if old.is_dir() and not current.is_dir():  # failed between the two renames
+        try:
+            os.replace(old, current)
+        except OSError:
+            pass
+
+
+def _save(bundle_dir: Path, trainer, tokenizer: Tokenizer, config: Config, progress: dict) -> Path:
+    """The save itself: `.resume-new` written whole, then the two renames."""
     import numpy as np
 
-    bundle_dir = Path(bundle_dir)
     current, old, new = (bundle_dir / n for n in _FOLDERS)
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
