@@ -1,7 +1,7 @@
 import json
 
 from tests.conftest import OLD_BUNDLE, with_added_fields
-from textgen.resume import load_resume_state
+from textgen.resume import load_resume_state, saved_run_settings
 
 
 def test_resume_state_survives_a_crash_between_its_two_renames(bundle_copy):
@@ -16,6 +16,7 @@ def test_a_resume_state_saved_by_earlier_code_loads_and_its_document_is_rebuilt_
     saved = with_added_fields(json.loads((OLD_BUNDLE / "resume" / "state.json").read_text()))
     state = load_resume_state(OLD_BUNDLE)
     assert state.progress == saved["state"] and state.progress["step"] == 3
+    assert saved_run_settings(OLD_BUNDLE) == {}  # saved before run settings were kept: resumes with defaults
     assert {key.split("/")[0] for key in state.arrays} == {"model", "optimizer"}
     again = build_document(state.config, state.progress, saved["files"])
     assert set(again["versions"]) == set(saved["versions"])

@@ -236,3 +236,46 @@ def test_a_running_process_holds_its_run_and_kill_9_leaves_no_stale_lock(tmp_pat
         os.killpg(child.proc.pid, signal.SIGKILL)
         child.proc.wait()
     assert (textgen.train(str(corpus_file), overwrite=True, **options) / "config.json").is_file()
+
+
+class InterruptAt(__import__("keras").callbacks.Callback):
+    """Sends this process SIGINT after a given step, as Ctrl-C does."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        import os
+        import signal
+
+        if int(self.model.optimizer.iterations.numpy()) == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_the_printed_resume_command_resumes_with_the_runs_data_settings(tmp_path, monkeypatch, capsys):
+    import shlex
+
+    from textgen.cli import main
+    from textgen.config import Interrupted
+    from textgen.resume import load_resume_state
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.md").write_text(make_text(150), encoding="utf-8")
+    (folder / "b.md").write_text(make_text(90), encoding="utf-8")
+    (folder / "skip.txt").write_text("not read: the run's --glob is *.md\n", encoding="utf-8")
+    val = tmp_path / "val.txt"
+    val.write_text(make_text(30), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Interrupted) as stopped:
+        textgen.train(str(folder), glob="*.md", val_file=str(val), max_steps=6, checkpoint_every=1,
+                      callbacks=[InterruptAt(2)], **TINY)
+    command = shlex.split(str(stopped.value).split("resume with: ")[1])
+    assert command[:2] == ["python", "train.py"] and "--val-file" in command and "--glob" in command
+    assert main(["train", *command[2:], "--val-file", str(folder / "a.md")]) == 2
+    assert "--val-file" in capsys.readouterr().err.splitlines()[-1]  # one line: refused
+    assert main(["train", *command[2:]]) == 0  # the command as printed
+    bundle = tmp_path / "checkpoints" / "texts"
+    assert load_resume_state(bundle).progress["step"] == 6
+    assert json.loads((bundle / "config.json").read_text())["config"]["corpus"]["val_file"] == str(val)

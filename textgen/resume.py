@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 
 from textgen.atomic import fault_point, fsync, write_json_atomic
 from textgen.bundle import (TOKENIZER_FILE, BundleError, build_document, failure_line, is_failure, load_tokenizer,
-                            pick_file, read_document)
+                            pick_file, read_config, read_document)
 from textgen.config import Config
 from textgen.corpus_cache import sha256_file
 
@@ -106,7 +106,20 @@ def remove_resume_state(bundle_dir: Path) -> None:
 
 def has_resume_state(bundle_dir: Path) -> bool:
     """Whether a resume state (or the previous one a crash left) is there to continue from."""
-    return any((Path(bundle_dir) / n / STATE_FILE).is_file() for n in _FOLDERS[:2])
+    return _state_folder(bundle_dir) is not None
+
+
+def saved_run_settings(bundle_dir: Path) -> dict[str, Any]:
+    """The run settings (config.kept_settings) the resume state holds; {} for a state saved
+    before they were kept, or for no state (loading it then says what is wrong)."""
+    folder = _state_folder(bundle_dir)
+    settings = read_config(folder, STATE_FILE)["state"].get("run") if folder else None
+    return settings if isinstance(settings, dict) else {}
+
+
+def _state_folder(bundle_dir: Path) -> Path | None:
+    """The resume state's folder: resume/, or the previous state a crash left; None if neither."""
+    return next((Path(bundle_dir) / n for n in _FOLDERS[:2] if (Path(bundle_dir) / n / STATE_FILE).is_file()), None)
 
 
 def load_resume_state(bundle_dir: Path) -> ResumeState:
@@ -114,7 +127,7 @@ def load_resume_state(bundle_dir: Path) -> ResumeState:
     import numpy as np
 
     bundle_dir = Path(bundle_dir)
-    folder = next((bundle_dir / n for n in _FOLDERS[:2] if (bundle_dir / n / STATE_FILE).is_file()), None)
+    folder = _state_folder(bundle_dir)
     if folder is None:
         raise BundleError(f"{bundle_dir}: no resume state to continue from ({bundle_dir / RESUME_DIR} is missing)")
     document, config = read_document(folder, STATE_FILE)

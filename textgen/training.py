@@ -23,10 +23,11 @@ from textgen import callbacks as cb
 from textgen import distribute, monitor
 from textgen.bundle import CONFIG_FILE, load_bundle
 from textgen.config import (Config, Interrupted, RunConfig, TextgenError, check_memory, config_from_options,
-                            fine_tune_config, resumed_config, split_options)
+                            fine_tune_config, kept_settings, resumed_config, resumed_run, split_options,
+                            train_options)
 from textgen.corpus_cache import TokenIds, token_ids
 from textgen.data import check_length, resolve_paths, sources_digest, split_ids
-from textgen.resume import has_resume_state, load_resume_state, remove_resume_state
+from textgen.resume import has_resume_state, load_resume_state, remove_resume_state, saved_run_settings
 from textgen.run_lock import run_lock
 from textgen.session import Prepared, Session, build_session
 
@@ -41,18 +42,21 @@ def train(corpus: str | list[str], *, callbacks: list | tuple = (), **options: A
             flags): a RunConfig field (name, overwrite, resume, init_from, checkpoint_dir,
             log_dir, val_file, glob, strategy, mixed_precision, sample_every, histograms)
             or a TokenizerConfig, ModelConfig or TrainConfig field, e.g. level="word",
-            units=512, max_minutes=5. A resumed run may change only the budget options.
+            units=512, max_minutes=5. A resumed run may change only the budget options and
+            where it writes and what it shows; it keeps its corpus and device settings.
     """
     run, config_options = split_options(options)
     items = [str(i) for i in ([corpus] if isinstance(corpus, (str, Path)) else corpus)]
     name = run.name or default_name(items)
     check_name(name)
-    strategy = distribute.make_strategy(run.strategy)  # before any TensorFlow op (collectives)
     bundle_dir, run_dir = Path(run.checkpoint_dir) / name, Path(run.log_dir) / name
     # The chief writes the real bundle and logs; other workers run the same saves into
     # temporary folders (saves may hold collectives) and delete them at the end.
     out_bundle, out_run = distribute.output_dir(bundle_dir), distribute.output_dir(run_dir)
     with run_lock(bundle_dir) if out_bundle == bundle_dir else contextlib.nullcontext():  # the chief's
+        if run.resume:
+            run = resumed_run(run, saved_run_settings(bundle_dir), set(options))
+        strategy = distribute.make_strategy(run.strategy)  # before any TensorFlow op (collectives)
         prepared, resume_state, init_model = _start(items, name, run, config_options, bundle_dir)
         check_memory(prepared.config)
         _claim_run(out_bundle, out_run, (run.overwrite and not run.resume) or out_bundle != bundle_dir)
@@ -86,12 +90,12 @@ def _start(items: list[str], name: str, run: RunConfig, options: dict[str, Any],
 
 
 def _resume_command(items: list[str], name: str, run: RunConfig) -> str:
-    """The command that resumes this run (naming its folders when they are not the defaults)."""
+    """The command that resumes this run: its folders and the settings it keeps, where not the defaults."""
     command = ["python", "train.py", *items, "--name", name, "--resume"]
-    for key in ("checkpoint_dir", "log_dir"):
-        value, default = str(getattr(run, key)), getattr(RunConfig, key)
-        if value != default:
-            command += [f"--{key.replace('_', '-')}", value]
+    for option in train_options():
+        value = getattr(run, option.name, None)
+        if option.name in (*kept_settings(run), "checkpoint_dir", "log_dir") and value != option.default:
+            command += [option.flag] if option.kind is bool else [option.flag, str(value)]
     return shlex.join(command)
 
 
@@ -218,8 +222,8 @@ def build_callbacks(session: Session, run_dir: Path, run: RunConfig, strategy,
     best = cb.BestBundle(session.save_bundle, t.patience, session.best_val_loss, session.resumed.get("wait", 0),
                          session.resumed.get("epoch", 0))
     control = [stop, budget, cb.CosineSchedule(budget, t.learning_rate), keras.callbacks.TerminateOnNaN(), best,
-               cb.ResumeCheckpoint(partial(session.save_resume, best), t.checkpoint_every,
-                                   report=bar.write)]
+               cb.ResumeCheckpoint(partial(session.save_resume, best, kept_settings(run)),
+                                   t.checkpoint_every, report=bar.write)]
     sampler = monitor.LiveSampler(session.current_model, p.tokenizer, p.config)
     tensorboard = monitor.tensorboard_callbacks(
         run_dir, sampler, p.config, monitor.sample_prime(p.tokenizer, p.train_ids), tokens_per_step=tokens_per_step,
