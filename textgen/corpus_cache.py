@@ -237,10 +237,16 @@ def _load_if_fresh(folder: Path, paths: list[Path], val_paths: list[Path]) -> To
     if any(a is None for a in arrays.values()):
         return None
     chars = manifest["characters"]
-    sources = [{"file": Path(s["file"]).name, "bytes": s["bytes"], "sha256": s["sha256"]}
+    sources = [{"file": shown_name(Path(s["file"]).name), "bytes": s["bytes"], "sha256": s["sha256"]}
                for s in manifest["sources"]]
     return TokenIds(tokenizer, arrays["train"], arrays.get("val"), chars["train"], chars.get("val", 0),
                     manifest["unknown"]["train"], sources, folder, reused=True)
+
+
+def shown_name(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 (kept by Linux as surrogate escapes,
+    which no UTF-8 writer accepts: TensorBoard, JSON readers) become replacement characters."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _same_files(recorded: list[dict], paths: list[Path]) -> bool:

@@ -25,7 +25,7 @@ from textgen.bundle import CONFIG_FILE, load_bundle
 from textgen.config import (Config, Interrupted, RunConfig, TextgenError, check_memory, config_from_options,
                             fine_tune_config, kept_settings, resumed_config, resumed_run, split_options,
                             train_options)
-from textgen.corpus_cache import TokenIds, token_ids
+from textgen.corpus_cache import TokenIds, shown_name, token_ids
 from textgen.data import check_length, resolve_paths, sources_digest, split_ids
 from textgen.resume import has_resume_state, load_resume_state, remove_resume_state, saved_run_settings
 from textgen.run_lock import run_lock
@@ -118,8 +118,9 @@ def _check_same_corpus(saved: Config, current: Config, name: str) -> None:
 
 
 def default_name(items: list[str]) -> str:
-    """The run name for corpus arguments: the first file's (or folder's) stem, or the corpus name."""
-    return Path(items[0].rstrip("/\\")).stem or "corpus"
+    """The run name for corpus arguments: the first file's (or folder's) stem, or the corpus name
+    (as text: bytes of the file name that are not UTF-8 become replacement characters)."""
+    return shown_name(Path(items[0].rstrip("/\\")).stem) or "corpus"
 
 
 def _claim_run(bundle_dir: Path, run_dir: Path, overwrite: bool) -> None:
