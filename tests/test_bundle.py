@@ -116,6 +116,28 @@ def test_non_finite_weights_are_refused(bundle_copy):
         load_bundle(bundle_copy)
 
 
+def test_a_config_describing_a_model_too_big_for_memory_is_refused_before_building(bundle_copy):
+    from textgen.bundle import bundle_info
+
+    _rewrite(bundle_copy, lambda d: d["config"]["model"].update(vocab_size=10**7, layers=16, units=65_536))
+    with pytest.raises(BundleError, match=r"needs about [\d,.]+ GiB of memory and this machine has"):
+        load_bundle(bundle_copy)
+    assert bundle_info(bundle_copy)["parameters"] > 10**12  # info reads config.json alone: still fine
+
+
+def test_weights_declared_but_never_written_are_refused(bundle_copy):
+    import h5py
+
+    with h5py.File(bundle_copy / "model.weights.h5", "a") as f:
+        name = next(n for n in ("layers/dense/vars/0", "layers/logits/vars/0") if n in f)
+        shape, dtype = f[name].shape, f[name].dtype
+        del f[name]
+        f.create_dataset(name, shape=shape, dtype=dtype)  # declared, no data: h5py would read zeros
+    _rewrite(bundle_copy)
+    with pytest.raises(BundleError, match=f"declares data it does not hold \\({name}"):
+        load_bundle(bundle_copy)
+
+
 @pytest.mark.parametrize("edit, pattern", [
     (lambda d: d["config"]["model"].update(layer_type="GRU"), "model.layer_type"),
     (lambda d: d["config"].update(layer={"class_name": "Lambda"}), "unknown config key 'layer'"),

@@ -39,7 +39,7 @@ from tokenizers import Tokenizer
 from textgen import __version__
 from textgen.atomic import (commit, fault_point, fsync, link_or_copy, remove_stale_temporaries, temporary_name,
                             unlink, write_json_atomic)
-from textgen.config import FORMAT_VERSION, Config, ConfigError, TextgenError
+from textgen.config import FORMAT_VERSION, Config, ConfigError, TextgenError, check_memory
 from textgen.corpus_cache import sha256_file
 from textgen.tokenizer import is_panic, spec_level, tokenizer_level
 
@@ -175,6 +175,10 @@ def load_bundle(path: Path | str) -> Bundle:
     document, config = read_document(path)
     if config.model.vocab_size < 2:
         raise BundleError(f"{path}: invalid config.json (model.vocab_size must be at least 2)")
+    try:
+        check_memory(config, training=False)  # config.json may describe a model of terabytes
+    except ConfigError as err:
+        raise BundleError(f"{path}: {err}") from None
     weights = pick_file(path, WEIGHTS_FILE, document["files"])
     tokenizer = load_tokenizer(pick_file(path, TOKENIZER_FILE, document["files"]), config)
     model = _load_model(weights, config)
@@ -305,14 +309,17 @@ def weights_layout(file: Path) -> dict[str, tuple[int, ...]]:
     """{variable path: shape} of a Keras .weights.h5 file, refusing anything but plain data.
 
     Links to other files, external or virtual storage and non-float datasets are
-    refused: a weights file must hold its numbers itself. The optimizer's variables
+    refused: a weights file must hold its numbers itself, every one written (`_stored_bytes`),
+    so no declared size can make loading allocate more than the file holds. The optimizer's variables
     (saved by a compiled model, for resuming) are checked the same way but not listed:
     loading for generation ignores them.
     """
     import h5py
 
     layout: dict[str, tuple[int, ...]] = {}
+    stored = 0
     try:
+        file_size = Path(file).stat().st_size
         with h5py.File(file, "r") as handle:
             links: list[tuple[str, Any]] = []
             handle.visititems_links(lambda name, link: links.append((name, link)))  # None: keep going
@@ -324,13 +331,28 @@ def weights_layout(file: Path) -> dict[str, tuple[int, ...]]:
                     optimizer = name.startswith(OPTIMIZER_GROUP)  # its step counter is an integer
                     if item.is_virtual or item.external or item.dtype.kind not in ("fiu" if optimizer else "f"):
                         raise BundleError(f"{file}: weights file has an unexpected dataset ({name})")
+                    stored += _stored_bytes(file, name, item, file_size)
                     if not optimizer:
                         layout[name] = tuple(int(n) for n in item.shape)
     except BundleError:
         raise
     except Exception as err:  # truncated or not HDF5 at all
         raise BundleError(f"{file}: not a readable weights file ({_first_line(err)})") from None
+    if stored > file_size:  # datasets sharing their bytes
+        raise BundleError(f"{file}: weights file declares {stored:,} bytes of data in a file of {file_size:,}")
     return layout
+
+
+def _stored_bytes(file: Path, name: str, item, file_size: int) -> int:
+    """The bytes a dataset declares, once checked to be written whole inside the file, unchunked
+    and uncompressed as Keras writes them: a dataset declared but never written is refused."""
+    declared = item.size * item.dtype.itemsize
+    offset = item.id.get_offset()
+    written = item.chunks is None and (declared == 0 or (
+        offset is not None and item.id.get_storage_size() == declared and offset + declared <= file_size))
+    if not written:
+        raise BundleError(f"{file}: weights file declares data it does not hold ({name}, {declared:,} bytes)")
+    return declared
 
 
 def _expected_layout(model) -> dict[str, tuple[int, ...]]:

@@ -329,21 +329,24 @@ def option_value(config: Config, key: str) -> Any:
     raise ConfigError(f"unknown option {key!r}")
 
 
-def check_memory(config: Config) -> None:
+def check_memory(config: Config, training: bool = True) -> None:
     """Refuse a model that cannot fit in this machine's memory, before building it.
 
-    Weights, gradients and two Adam moments (4 float32 copies of the parameters) plus
-    one batch of activations: logits and their gradients dominate for big vocabularies.
+    Training: weights, gradients and two Adam moments (4 float32 copies of the parameters)
+    plus one batch of activations (logits and their gradients dominate for big vocabularies).
+    Loading a bundle (`training=False`): the weights and the copy read from the file.
     """
     m, t = config.model, config.train
-    activations = t.batch_size * t.seq_len * (3 * m.vocab_size + 12 * m.units * m.layers)
-    need = 4 * (4 * m.parameter_count() + activations)
+    if training:
+        activations = t.batch_size * t.seq_len * (3 * m.vocab_size + 12 * m.units * m.layers)
+        need = 4 * (4 * m.parameter_count() + activations)
+    else:
+        need = 4 * 2 * m.parameter_count()
     have = _physical_memory()
     if have and need > have:
-        raise ConfigError(
-            f"this model needs about {need / 2**30:,.1f} GiB of memory and this machine has "
-            f"{have / 2**30:,.1f} GiB: lower --units, --layers, --batch-size, --seq-len or --vocab-size"
-        )
+        advice = ": lower --units, --layers, --batch-size, --seq-len or --vocab-size" if training else ""
+        raise ConfigError(f"this model needs about {need / 2**30:,.1f} GiB of memory and this machine has "
+                          f"{have / 2**30:,.1f} GiB{advice}")
 
 
 def _physical_memory() -> int:
