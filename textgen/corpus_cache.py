@@ -105,10 +105,11 @@ def _key(paths: list[Path], val_paths: list[Path], settings: TokenizerConfig, to
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def file_pieces(path: Path, encoding: str, level: str, on_chunk=None) -> Iterator[str]:
-    """One file's text in pieces cut where no token can span (see tokenizer.token_pieces)."""
+def file_pieces(path: Path, encoding: str, level: str, on_chunk=None, on_forced_cut=None) -> Iterator[str]:
+    """One file's text in pieces cut where no token can span, or where none can be found
+    (`on_forced_cut` is told; see tokenizer.token_pieces)."""
     size = CHUNK_BYTES if level == "char" else SUBWORD_CHUNK_BYTES
-    return token_pieces(read_chunks(path, encoding, on_chunk, size), level)
+    return token_pieces(read_chunks(path, encoding, on_chunk, size), level, on_forced_cut=on_forced_cut)
 
 
 # ---------------------------------------------------------------- building
@@ -138,7 +139,9 @@ def _build(folder: Path, paths: list[Path], val_paths: list[Path], settings: Tok
                     "sources": sources, "val_sources": val_sources,
                     "tokens": {p: c[0] for p, c in counts.items()},
                     "characters": {p: c[1] for p, c in counts.items()},
-                    "unknown": {p: c[2] for p, c in counts.items()}}
+                    "unknown": {p: c[2] for p, c in counts.items()},
+                    # cuts made where text had no safe place for MAX_PIECE_CHARS: ids may differ there
+                    "forced_cuts": {p: c[3] for p, c in counts.items()}}
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if folder.exists():
             if _load_if_fresh(folder, paths, val_paths) is not None:
@@ -175,28 +178,34 @@ def _train_tokenizer(paths, val_paths, settings):
     return sources, val_sources, tokenizer
 
 
-def _encode_files(files, recorded, tokenizer, settings, out: Path, dtype) -> tuple[int, int, int]:
+def _encode_files(files, recorded, tokenizer, settings, out: Path, dtype) -> tuple[int, int, int, int]:
     """Second pass: append each file's ids to `out`, [DOC] between files;
-    (tokens, characters, [UNK] tokens)."""
+    (tokens, characters, [UNK] tokens, forced cuts)."""
     doc_id = tokenizer.token_to_id(DOC)  # tokenizers older than [DOC] join files with a newline
     doc = np.array([doc_id] if doc_id is not None else tokenizer.encode("\n").ids, dtype=dtype)
     table = CharTable(tokenizer, dtype) if settings.level == "char" else None
     unk_id = tokenizer.token_to_id(UNK)
-    tokens = characters = unknown = 0
+    tokens = characters = unknown = forced = 0
     total = sum(r["bytes"] for r in recorded)
+
+    def forced_cut() -> None:
+        nonlocal forced
+        forced += 1
+
     with open(out, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, **_BAR,
                                     desc="tokenizing") as bar:
         for i, path in enumerate(files):
             if i:
                 doc.tofile(f)
                 tokens += len(doc)
-            for text in file_pieces(path, settings.encoding, settings.level, lambda d: bar.update(len(d))):
+            for text in file_pieces(path, settings.encoding, settings.level, lambda d: bar.update(len(d)),
+                                    forced_cut):
                 ids = _encode_piece(text, tokenizer, table)  # (n,)
                 ids.astype(dtype, copy=False).tofile(f)
                 tokens += len(ids)
                 characters += len(text)
                 unknown += int(np.count_nonzero(ids == unk_id))  # vocabulary coverage, for free
-    return tokens, characters, unknown
+    return tokens, characters, unknown, forced
 
 
 def _encode_piece(text: str, tokenizer: Tokenizer, table: CharTable | None) -> np.ndarray:
