@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tokenizers import Tokenizer
 
 from textgen.atomic import fault_point, fsync, write_json_atomic
@@ -75,8 +76,6 @@ def _roll_back(bundle_dir: Path) -> None:
 
 def _save(bundle_dir: Path, trainer, tokenizer: Tokenizer, config: Config, progress: dict) -> Path:
     """The save itself: `.resume-new` written whole, then the two renames."""
-    import numpy as np
-
     current, old, new = (bundle_dir / n for n in _FOLDERS)
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
@@ -124,8 +123,6 @@ def _state_folder(bundle_dir: Path) -> Path | None:
 
 def load_resume_state(bundle_dir: Path) -> ResumeState:
     """Read and verify NAME/resume/ (or the previous state a crash left); no pickle."""
-    import numpy as np
-
     bundle_dir = Path(bundle_dir)
     folder = _state_folder(bundle_dir)
     if folder is None:
