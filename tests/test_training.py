@@ -224,12 +224,11 @@ def test_a_running_process_holds_its_run_and_kill_9_leaves_no_stale_lock(tmp_pat
     import os
     import signal
 
-    from tests.conftest import Child
+    from tests.conftest import TINY_FLAGS, Child
 
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     options = dict(checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs", max_steps=2, **TINY)
     with Child("train", corpus_file, "--checkpoint-dir", tmp_path / "ck", "--log-dir", tmp_path / "runs",
-               "--max-steps", 10**6, *flags) as child:
+               "--max-steps", 10**6, *TINY_FLAGS) as child:
         child.wait_for_line("First step done")
         with pytest.raises(TextgenError, match=f"in use by another run \\(pid {child.proc.pid}\\)"):
             textgen.train(str(corpus_file), overwrite=True, **options)
