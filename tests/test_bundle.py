@@ -116,6 +116,28 @@ def test_non_finite_weights_are_refused(bundle_copy):
         load_bundle(bundle_copy)
 
 
+def test_a_config_describing_a_model_too_big_for_memory_is_refused_before_building(bundle_copy):
+    from textgen.bundle import bundle_info
+
+    _rewrite(bundle_copy, lambda d: d["config"]["model"].update(vocab_size=10**7, layers=16, units=65_536))
+    with pytest.raises(BundleError, match=r"needs about [\d,.]+ GiB of memory and this machine has"):
+        load_bundle(bundle_copy)
+    assert bundle_info(bundle_copy)["parameters"] > 10**12  # info reads config.json alone: still fine
+
+
+def test_weights_declared_but_never_written_are_refused(bundle_copy):
+    import h5py
+
+    with h5py.File(bundle_copy / "model.weights.h5", "a") as f:
+        name = next(n for n in ("layers/dense/vars/0", "layers/logits/vars/0") if n in f)
+        shape, dtype = f[name].shape, f[name].dtype
+        del f[name]
+        f.create_dataset(name, shape=shape, dtype=dtype)  # declared, no data: h5py would read zeros
+    _rewrite(bundle_copy)
+    with pytest.raises(BundleError, match=f"declares data it does not hold \\({name}"):
+        load_bundle(bundle_copy)
+
+
 @pytest.mark.parametrize("edit, pattern", [
     (lambda d: d["config"]["model"].update(layer_type="GRU"), "model.layer_type"),
     (lambda d: d["config"].update(layer={"class_name": "Lambda"}), "unknown config key 'layer'"),
@@ -172,6 +194,19 @@ def test_full_disk_at_any_point_of_a_save_keeps_the_previous_bundle(bundle_copy,
     reference = before.model if point == "config-renamed" else load_bundle_weights_of(before)
     np.testing.assert_allclose(np.asarray(after.model(ids)), np.asarray(reference(ids)), atol=1e-6)
     assert not list(bundle_copy.glob(".tmp-*"))
+
+
+def test_a_save_failing_with_a_plain_exception_rolls_back_and_says_so_in_one_line(bundle_copy):
+    from textgen.atomic import temporary_name
+
+    before = load_bundle(bundle_copy)
+    # A folder where the tokenizer's temporary file goes: `tokenizers` fails with a plain
+    # Exception ("Is a directory"), as it does for "File too large".
+    temporary_name(bundle_copy / "tokenizer.json").mkdir()
+    with pytest.raises(BundleError, match=r"could not save the bundle \(Is a directory.*previous bundle is kept"):
+        save_bundle(bundle_copy, before.model, before.tokenizer, before.config, {"step": 99})
+    assert not [f for f in bundle_copy.glob(".tmp-*") if f.is_file()]  # the new weights were removed
+    assert load_bundle(bundle_copy).state == before.state
 
 
 def load_bundle_weights_of(bundle):

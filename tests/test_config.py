@@ -63,12 +63,30 @@ def test_a_resumed_run_may_change_only_its_budget():
     from textgen.config import resumed_config, train_options
 
     assert {o.name for o in train_options() if o.resumable} == {
-        "epochs", "max_steps", "max_minutes", "patience", "checkpoint_every"}
+        "epochs", "max_steps", "max_minutes", "patience", "checkpoint_every",  # the budget
+        "name", "overwrite", "resume", "init_from", "checkpoint_dir", "log_dir", "sample_every", "histograms"}
     saved = config_from_options(units=32, max_steps=10).replace(name="run")
     longer = resumed_config(saved, {"max_steps": 50, "units": 32, "patience": 9})  # units as saved: fine
     assert longer == config_from_options(units=32, max_steps=50, patience=9).replace(name="run")
     with pytest.raises(ConfigError, match="--units 64 differs from the run's 32"):
         resumed_config(saved, {"units": 64})
+
+
+def test_a_resumed_run_keeps_the_settings_that_shape_its_data_and_training():
+    from textgen.config import RunConfig, kept_settings, resumed_run
+
+    assert set(kept_settings(RunConfig())) == {"glob", "val_file", "strategy", "mixed_precision"}
+    saved = {"glob": "*.md", "val_file": "v.txt", "strategy": "default", "mixed_precision": True}
+    resumed = resumed_run(RunConfig(resume=True, log_dir="elsewhere"), saved, {"resume", "log_dir"})
+    assert kept_settings(resumed) == saved and resumed.log_dir == "elsewhere"  # kept, the rest may change
+    with pytest.raises(ConfigError, match="--val-file w.txt differs from the run's v.txt"):
+        resumed_run(RunConfig(val_file="w.txt"), saved, {"val_file"})
+    # a resume state saved before these were kept means the defaults
+    assert resumed_run(RunConfig(), {}, set()) == RunConfig()
+    with pytest.raises(ConfigError, match="--glob \\*.md differs from the run's \\*.txt"):
+        resumed_run(RunConfig(glob="*.md"), {}, {"glob"})
+    with pytest.raises(ConfigError, match="wrong type"):
+        resumed_run(RunConfig(), {"mixed_precision": "yes"}, set())
 
 
 def test_fine_tuning_keeps_the_bundles_model_and_tokenizer():

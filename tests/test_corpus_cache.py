@@ -108,3 +108,22 @@ def test_word_vocabulary_coverage_is_counted_once_and_kept_in_the_manifest(tmp_p
     again = token_ids([a], [], settings, root=root)
     assert again.reused and again.unknown == 2
     assert again.coverage_line() == "Vocabulary 5 covers 80.0 % of word tokens (2 [UNK] in 10)"
+
+
+def test_text_with_no_safe_cut_is_cut_at_the_bound_and_the_manifest_counts_it(tmp_path, monkeypatch):
+    import json
+
+    import textgen.corpus_cache as module
+    import textgen.tokenizer as tokenizer_module
+
+    monkeypatch.setattr(tokenizer_module, "MAX_PIECE_CHARS", 1_000)
+    monkeypatch.setattr(module, "SUBWORD_CHUNK_BYTES", 512)  # read in small chunks, as a big file is
+    text = "one two\n" + "x" * 5_000 + " three\n"  # like minified JSON or base64: no place to cut
+    a = write(tmp_path / "a.txt", text)
+    built = token_ids([a], [], TokenizerConfig(level="bpe", vocab_size=300), root=tmp_path / "cache")
+    manifest = json.loads((built.folder / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["forced_cuts"] == {"train": 4}
+    assert built.tokenizer.decode(list(map(int, built.train))) == text  # cut, never lost
+    plain = token_ids([write(tmp_path / "b.txt", TEXT)], [], TokenizerConfig(level="bpe", vocab_size=300),
+                      root=tmp_path / "cache")
+    assert json.loads((plain.folder / "manifest.json").read_text(encoding="utf-8"))["forced_cuts"] == {"train": 0}

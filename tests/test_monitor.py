@@ -99,3 +99,16 @@ def test_sample_prime_is_the_first_line_and_hparams_are_flat(tiny_generator):
     assert flat["units"] == 16 and flat["level"] == "char" and flat["corpus"] == "tiny.txt" and flat["cell"] == "lstm"
     assert flat["model_vocab_size"] == tiny_generator.config.model.vocab_size
     assert all(v is None or isinstance(v, (bool, int, float, str)) for v in flat.values())
+
+
+def test_a_corpus_file_name_that_is_not_utf8_trains_and_is_shown_with_a_replacement_character(tmp_path):
+    import json
+    import os
+
+    corpus = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.txt"))  # Latin-1 bytes: a surrogate escape here
+    corpus.write_text(make_text(), encoding="utf-8")
+    bundle = textgen.train(str(corpus), checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs", max_steps=2, **TINY)
+    assert bundle.name == "caf\ufffd"  # the default run name is text too: printing it cannot fail
+    config = json.loads((bundle / "config.json").read_text(encoding="utf-8"))["config"]
+    assert [s["file"] for s in config["corpus"]["sources"]] == ["caf\ufffd.txt"]
+    assert hparams(textgen.load(bundle).config)["corpus"] == "caf\ufffd.txt"

@@ -194,12 +194,28 @@ def test_token_pieces_recut_any_chunks_so_ids_are_unchanged(level):
     assert [i for piece in pieces for i in tok.encode(piece).ids] == tok.encode(text).ids
 
 
-def test_token_pieces_carry_text_with_no_safe_cut_up_to_a_bound():
+def test_token_pieces_cut_text_with_no_safe_cut_at_the_bound_and_say_so():
     from textgen.tokenizer import token_pieces
 
+    forced = []
     chunks = ["x" * 100] * 5  # no space, no line start
-    assert list(token_pieces(chunks, "word", max_chars=250)) == ["x" * 300, "x" * 200]
+    pieces = list(token_pieces(chunks, "word", max_chars=250, on_forced_cut=lambda: forced.append(1)))
+    assert pieces == ["x" * 250, "x" * 250] and len(forced) == 1
     assert list(token_pieces(["a b", "c"], "char")) == ["a b", "c"]  # any cut is safe for char
+
+
+def test_token_pieces_stay_bounded_for_any_text_and_force_cuts_only_where_none_is_safe():
+    from textgen.tokenizer import token_pieces
+
+    text = "one two\n" + "\u4e2d" * 3_000 + " three four\n"  # a one-line CJK stretch
+    chunks = [text[i : i + 100] for i in range(0, len(text), 100)]
+    forced = []
+    pieces = list(token_pieces(chunks, "word", max_chars=500, on_forced_cut=lambda: forced.append(1)))
+    assert "".join(pieces) == text and max(map(len, pieces)) <= 100 + 500
+    assert len(forced) == 5  # 3,000 characters with no safe place: cut after each 500 but the last
+    tok = build_tokenizer([text], "word")
+    plain = list(token_pieces(chunks, "word"))  # the default bound: no forced cut here, the same ids
+    assert [i for piece in plain for i in tok.encode(piece).ids] == tok.encode(text).ids
 
 
 def _cut_by_safe_cut(text: str, window: int) -> list[str]:

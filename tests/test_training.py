@@ -53,6 +53,27 @@ def test_existing_run_name_is_refused_unless_overwrite(tiny_bundle):
     assert again.name == "other" and (again / "config.json").is_file()
 
 
+class CrashAtStart(__import__("keras").callbacks.Callback):
+    """Fails before the first step, as a run that dies before its first resume save."""
+
+    def on_train_begin(self, logs=None):
+        raise RuntimeError("crashed before the first save")
+
+
+def test_overwrite_removes_the_old_runs_resume_state_and_logs_up_front(tmp_path, corpus_file):
+    from textgen.bundle import BundleError
+
+    options = dict(checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs", max_steps=2, **TINY)
+    textgen.train(str(corpus_file), **options)
+    old_logs = list((tmp_path / "runs" / "corpus").rglob("events.*"))
+    assert old_logs and (tmp_path / "ck" / "corpus" / "resume").is_dir()
+    with pytest.raises(RuntimeError, match="crashed"):
+        textgen.train(str(corpus_file), overwrite=True, callbacks=[CrashAtStart()], **options)
+    assert not any(log.exists() for log in old_logs)
+    with pytest.raises(BundleError, match="no resume state"):  # never the old run's
+        textgen.train(str(corpus_file), resume=True, **options)
+
+
 def test_stopping_mid_epoch_still_validates_and_saves(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(400), encoding="utf-8")  # an epoch is longer than 3 steps
@@ -217,3 +238,77 @@ def test_resume_with_a_different_cell_is_one_line_and_exit_2(tiny_bundle, capsys
                  "--log-dir", str(root / "runs"), "--resume", "--cell", "gru"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--cell gru differs from the run's lstm" in err[0], err
+
+
+def test_a_second_run_of_the_same_name_is_refused_while_the_first_holds_the_lock(tmp_path, corpus_file):
+    import os
+
+    from textgen.run_lock import run_lock
+
+    options = dict(checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs", max_steps=2, **TINY)
+    with run_lock(tmp_path / "ck" / "corpus"):
+        with pytest.raises(TextgenError, match=f"in use by another run \\(pid {os.getpid()}\\)"):
+            textgen.train(str(corpus_file), **options)
+    assert not (tmp_path / "ck" / "corpus" / "resume").exists()  # refused before it wrote anything
+    assert (textgen.train(str(corpus_file), **options) / "config.json").is_file()  # released on exit
+
+
+@pytest.mark.slow
+def test_a_running_process_holds_its_run_and_kill_9_leaves_no_stale_lock(tmp_path, corpus_file):
+    import os
+    import signal
+
+    from tests.conftest import TINY_FLAGS, Child
+
+    options = dict(checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs", max_steps=2, **TINY)
+    with Child("train", corpus_file, "--checkpoint-dir", tmp_path / "ck", "--log-dir", tmp_path / "runs",
+               "--max-steps", 10**6, *TINY_FLAGS) as child:
+        child.wait_for_line("First step done")
+        with pytest.raises(TextgenError, match=f"in use by another run \\(pid {child.proc.pid}\\)"):
+            textgen.train(str(corpus_file), overwrite=True, **options)
+        os.killpg(child.proc.pid, signal.SIGKILL)
+        child.proc.wait()
+    assert (textgen.train(str(corpus_file), overwrite=True, **options) / "config.json").is_file()
+
+
+class InterruptAt(__import__("keras").callbacks.Callback):
+    """Sends this process SIGINT after a given step, as Ctrl-C does."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        import os
+        import signal
+
+        if int(self.model.optimizer.iterations.numpy()) == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_the_printed_resume_command_resumes_with_the_runs_data_settings(tmp_path, monkeypatch, capsys):
+    import shlex
+
+    from textgen.cli import main
+    from textgen.config import Interrupted
+    from textgen.resume import load_resume_state
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.md").write_text(make_text(150), encoding="utf-8")
+    (folder / "b.md").write_text(make_text(90), encoding="utf-8")
+    (folder / "skip.txt").write_text("not read: the run's --glob is *.md\n", encoding="utf-8")
+    val = tmp_path / "val.txt"
+    val.write_text(make_text(30), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Interrupted) as stopped:
+        textgen.train(str(folder), glob="*.md", val_file=str(val), max_steps=6, checkpoint_every=1,
+                      callbacks=[InterruptAt(2)], **TINY)
+    command = shlex.split(str(stopped.value).split("resume with: ")[1])
+    assert command[:2] == ["python", "train.py"] and "--val-file" in command and "--glob" in command
+    assert main(["train", *command[2:], "--val-file", str(folder / "a.md")]) == 2
+    assert "--val-file" in capsys.readouterr().err.splitlines()[-1]  # one line: refused
+    assert main(["train", *command[2:]]) == 0  # the command as printed
+    bundle = tmp_path / "checkpoints" / "texts"
+    assert load_resume_state(bundle).progress["step"] == 6
+    assert json.loads((bundle / "config.json").read_text())["config"]["corpus"]["val_file"] == str(val)

@@ -40,7 +40,7 @@ from tokenizers import Tokenizer
 from textgen import __version__
 from textgen.atomic import (commit, fault_point, fsync, link_or_copy, remove_stale_temporaries, temporary_name,
                             unlink, write_json_atomic)
-from textgen.config import FORMAT_VERSION, Config, ConfigError, TextgenError
+from textgen.config import FORMAT_VERSION, Config, ConfigError, TextgenError, check_memory
 from textgen.corpus_cache import sha256_file
 from textgen.tokenizer import is_panic, spec_level, tokenizer_level, vocabulary_labels
 
@@ -80,8 +80,9 @@ def build_document(config: Config, state: dict, files: dict[str, str]) -> dict[s
 def save_bundle(path: Path, model, tokenizer: Tokenizer, config: Config, state: dict) -> Path:
     """Write a bundle crash-consistently (see the module docstring); return its folder.
 
-    On an OSError (a full disk, a vanished folder) the new files are removed, the
-    previous bundle is left as it was, and BundleError says so.
+    On any failure before config.json names the new files (a full disk, a vanished folder,
+    `tokenizers`' plain Exception for "File too large") the new files are removed, the
+    previous bundle is left as it was, and BundleError says so in one line.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -106,14 +107,29 @@ def save_bundle(path: Path, model, tokenizer: Tokenizer, config: Config, state: 
             fault_point(point)
         write_json_atomic(path / CONFIG_FILE, document)
         fault_point("config-renamed")
-    except OSError as err:
-        if not _config_names(path, files):  # failed before config.json took the new files
+    except BaseException as err:
+        stands = _config_names(path, files)  # config.json took the new files: the save is complete
+        if not stands:
             _roll_back(path, renamed, [weights_tmp, tokenizer_tmp])
-            raise BundleError(f"{path}: could not save the bundle ({err.strerror or err}); "
+        if not is_failure(err):  # Ctrl-C, SystemExit: rolled back, and on its way
+            raise
+        if not stands:
+            raise BundleError(f"{path}: could not save the bundle ({failure_line(err)}); "
                               "the previous bundle is kept") from None
     for name in (WEIGHTS_FILE, TOKENIZER_FILE):
         unlink(path / (PREVIOUS + name))  # config.json now names the new files
     return path
+
+
+def is_failure(err: BaseException) -> bool:
+    """Whether a save's error is a failure to report (any Exception, or a `tokenizers` panic),
+    not a request to stop (KeyboardInterrupt, SystemExit)."""
+    return isinstance(err, Exception) or is_panic(err)
+
+
+def failure_line(err: BaseException) -> str:
+    """One line saying why a save failed: the OS's words for an OSError, else the error's first line."""
+    return (isinstance(err, OSError) and err.strerror) or _first_line(err)
 
 
 def _config_names(path: Path, files: dict[str, str]) -> bool:
@@ -160,6 +176,10 @@ def load_bundle(path: Path | str) -> Bundle:
     document, config = read_document(path)
     if config.model.vocab_size < 2:
         raise BundleError(f"{path}: invalid config.json (model.vocab_size must be at least 2)")
+    try:
+        check_memory(config, training=False)  # config.json may describe a model of terabytes
+    except ConfigError as err:
+        raise BundleError(f"{path}: {err}") from None
     weights = pick_file(path, WEIGHTS_FILE, document["files"])
     tokenizer = load_tokenizer(pick_file(path, TOKENIZER_FILE, document["files"]), config)
     model = _load_model(weights, config)
@@ -289,14 +309,17 @@ def weights_layout(file: Path) -> dict[str, tuple[int, ...]]:
     """{variable path: shape} of a Keras .weights.h5 file, refusing anything but plain data.
 
     Links to other files, external or virtual storage and non-float datasets are
-    refused: a weights file must hold its numbers itself. The optimizer's variables
+    refused: a weights file must hold its numbers itself, every one written (`_stored_bytes`),
+    so no declared size can make loading allocate more than the file holds. The optimizer's variables
     (saved by a compiled model, for resuming) are checked the same way but not listed:
     loading for generation ignores them.
     """
     import h5py
 
     layout: dict[str, tuple[int, ...]] = {}
+    stored = 0
     try:
+        file_size = Path(file).stat().st_size
         with h5py.File(file, "r") as handle:
             links: list[tuple[str, Any]] = []
             handle.visititems_links(lambda name, link: links.append((name, link)))  # None: keep going
@@ -308,13 +331,28 @@ def weights_layout(file: Path) -> dict[str, tuple[int, ...]]:
                     optimizer = name.startswith(OPTIMIZER_GROUP)  # its step counter is an integer
                     if item.is_virtual or item.external or item.dtype.kind not in ("fiu" if optimizer else "f"):
                         raise BundleError(f"{file}: weights file has an unexpected dataset ({name})")
+                    stored += _stored_bytes(file, name, item, file_size)
                     if not optimizer:
                         layout[name] = tuple(int(n) for n in item.shape)
     except BundleError:
         raise
     except Exception as err:  # truncated or not HDF5 at all
         raise BundleError(f"{file}: not a readable weights file ({_first_line(err)})") from None
+    if stored > file_size:  # datasets sharing their bytes
+        raise BundleError(f"{file}: weights file declares {stored:,} bytes of data in a file of {file_size:,}")
     return layout
+
+
+def _stored_bytes(file: Path, name: str, item, file_size: int) -> int:
+    """The bytes a dataset declares, once checked to be written whole inside the file, unchunked
+    and uncompressed as Keras writes them: a dataset declared but never written is refused."""
+    declared = item.size * item.dtype.itemsize
+    offset = item.id.get_offset()
+    written = item.chunks is None and (declared == 0 or (
+        offset is not None and item.id.get_storage_size() == declared and offset + declared <= file_size))
+    if not written:
+        raise BundleError(f"{file}: weights file declares data it does not hold ({name}, {declared:,} bytes)")
+    return declared
 
 
 def _expected_layout(model) -> dict[str, tuple[int, ...]]:

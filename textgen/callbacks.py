@@ -17,6 +17,8 @@ from typing import Callable
 
 import keras
 
+from textgen.config import TextgenError
+
 
 def iterations(model) -> int:
     """Optimizer steps taken so far: the one step axis for every curve and budget."""
@@ -183,14 +185,15 @@ class BestBundle(keras.callbacks.Callback):
 class ResumeCheckpoint(keras.callbacks.Callback):
     """Write the resume state every `every_steps` steps (or `every_seconds`) and at the end.
 
-    Nothing is written once the loss is not finite: the last good state stays.
-    `clock` gives seconds from an arbitrary start (tests pass a fake one).
+    Nothing is written once the loss is not finite: the last good state stays. A save that
+    fails (TextgenError: rolled back, the previous state kept) is reported and training goes
+    on; the next one retries. `clock` gives seconds from an arbitrary start (tests pass a fake one).
     """
 
     def __init__(self, save: Callable[[], Path], every_steps: int | None, every_seconds: float = 300,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, report: Callable[[str], None] = print):
         super().__init__()
-        self.save, self.clock = save, clock
+        self.save, self.clock, self.report = save, clock, report
         self.every_steps, self.every_seconds = every_steps, every_seconds
         self.last = clock()
         self.finite = True
@@ -202,12 +205,18 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         else:
             due = self.clock() - self.last >= self.every_seconds
         if due and self.finite:
-            self.save()
+            self._save()
             self.last = self.clock()
 
     def on_train_end(self, logs=None):
         if self.finite:
+            self._save()
+
+    def _save(self) -> None:
+        try:
             self.save()
+        except TextgenError as err:
+            self.report(f"Resume state not saved at step {iterations(self.model):,}: {err}")
 
 
 class StopOnSignal(keras.callbacks.Callback):

@@ -216,8 +216,9 @@ SECTIONS = {"tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainCo
 @dataclass(frozen=True)
 class RunConfig:
     """How one training invocation runs: what it reads, where it writes, on which devices,
-    what it shows. Not the model: never saved in config.json, so a resumed run may change any
-    of it (the corpus itself is checked by its digest, the replica count by the resume state)."""
+    what it shows. Not the model: never saved in config.json. The settings that shape the
+    data or the training (not `resumable`) go into the resume state (`kept_settings`), and a
+    resumed run keeps them (`resumed_run`); it may change the rest."""
 
     glob: str = option("*.txt", "files of a folder to read; '**/*.txt' recurses", group="corpus")
     val_file: str | None = option(None, "validate on this file instead of the corpus tail", group="corpus")
@@ -225,16 +226,17 @@ class RunConfig:
                            group="devices", choices=STRATEGIES)
     mixed_precision: bool = option(False, "compute in float16 on GPUs, bfloat16 elsewhere; weights stay float32",
                                    group="devices")
-    name: str | None = option(None, "run name (default: the corpus file's stem)", group="output")
-    overwrite: bool = option(False, "replace an existing run of that name", group="output")
-    resume: bool = option(False, "continue run NAME where it stopped", group="output")
+    name: str | None = option(None, "run name (default: the corpus file's stem)", group="output", resumable=True)
+    overwrite: bool = option(False, "replace an existing run of that name", group="output", resumable=True)
+    resume: bool = option(False, "continue run NAME where it stopped", group="output", resumable=True)
     init_from: str | None = option(None, "start from a bundle's weights and tokenizer (fine-tune on a new corpus)",
-                                   group="output", metavar="BUNDLE")
-    checkpoint_dir: str = option("checkpoints", "bundles go in DIR/NAME", group="output")
-    log_dir: str = option("runs", "TensorBoard logs go in DIR/NAME", group="output")
+                                   group="output", metavar="BUNDLE", resumable=True)
+    checkpoint_dir: str = option("checkpoints", "bundles go in DIR/NAME", group="output", resumable=True)
+    log_dir: str = option("runs", "TensorBoard logs go in DIR/NAME", group="output", resumable=True)
     sample_every: int | None = option(None, "also write TensorBoard text samples every N steps (always at epoch ends)",
-                                      group="output", metavar="N")
-    histograms: bool = option(True, "do not write weight histograms at epoch ends", group="output")  # --no-histograms
+                                      group="output", metavar="N", resumable=True)
+    histograms: bool = option(True, "do not write weight histograms at epoch ends", group="output",
+                              resumable=True)  # --no-histograms
 
     def validate(self) -> "RunConfig":
         """Check the settings no later step checks; return self so calls chain."""
@@ -291,11 +293,32 @@ def resumed_config(saved: Config, options: dict[str, Any]) -> Config:
     resumable = {o.name for o in train_options() if o.resumable}
     for key, value in options.items():
         if key not in resumable and option_value(saved, key) != value:
-            raise ConfigError(
-                f"--{key.replace('_', '-')} {value} differs from the run's {option_value(saved, key)}; "
-                f"a resumed run keeps its settings (start a new --name to change them)"
-            )
+            raise _changed_on_resume(key, value, option_value(saved, key))
     return override(saved, **{k: v for k, v in options.items() if k in resumable})
+
+
+def kept_settings(run: RunConfig) -> dict[str, Any]:
+    """The run settings a resumed run keeps (they shape its data or training), for its resume state."""
+    return {f.name: getattr(run, f.name) for f in dataclasses.fields(RunConfig) if not f.metadata["resumable"]}
+
+
+def resumed_run(run: RunConfig, saved: dict[str, Any], given: set[str]) -> RunConfig:
+    """`run` with the saved run's kept settings; a setting in `given` must equal the saved value.
+
+    A resume state saved before a setting was kept means its default.
+    """
+    kept = {key: saved.get(key, getattr(RunConfig, key)) for key in kept_settings(run)}
+    types = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    for key, value in kept.items():
+        require(fits_type(types[key], value), f"the resume state's {key} has the wrong type: {value!r}")
+        if key in given and getattr(run, key) != value:
+            raise _changed_on_resume(key, getattr(run, key), value)
+    return dataclasses.replace(run, **kept)
+
+
+def _changed_on_resume(key: str, value: Any, saved: Any) -> ConfigError:
+    return ConfigError(f"--{key.replace('_', '-')} {value} differs from the run's {saved}; "
+                       f"a resumed run keeps its settings (start a new --name to change them)")
 
 
 def fine_tune_config(base: Config, options: dict[str, Any]) -> Config:
@@ -334,21 +357,24 @@ def option_value(config: Config, key: str) -> Any:
     raise ConfigError(f"unknown option {key!r}")
 
 
-def check_memory(config: Config) -> None:
+def check_memory(config: Config, training: bool = True) -> None:
     """Refuse a model that cannot fit in this machine's memory, before building it.
 
-    Weights, gradients and two Adam moments (4 float32 copies of the parameters) plus
-    one batch of activations: logits and their gradients dominate for big vocabularies.
+    Training: weights, gradients and two Adam moments (4 float32 copies of the parameters)
+    plus one batch of activations (logits and their gradients dominate for big vocabularies).
+    Loading a bundle (`training=False`): the weights and the copy read from the file.
     """
     m, t = config.model, config.train
-    activations = t.batch_size * t.seq_len * (3 * m.vocab_size + 12 * m.units * m.layers)
-    need = 4 * (4 * m.parameter_count() + activations)
+    if training:
+        activations = t.batch_size * t.seq_len * (3 * m.vocab_size + 12 * m.units * m.layers)
+        need = 4 * (4 * m.parameter_count() + activations)
+    else:
+        need = 4 * 2 * m.parameter_count()
     have = _physical_memory()
     if have and need > have:
-        raise ConfigError(
-            f"this model needs about {need / 2**30:,.1f} GiB of memory and this machine has "
-            f"{have / 2**30:,.1f} GiB: lower --units, --layers, --batch-size, --seq-len or --vocab-size"
-        )
+        advice = ": lower --units, --layers, --batch-size, --seq-len or --vocab-size" if training else ""
+        raise ConfigError(f"this model needs about {need / 2**30:,.1f} GiB of memory and this machine has "
+                          f"{have / 2**30:,.1f} GiB{advice}")
 
 
 def _physical_memory() -> int:

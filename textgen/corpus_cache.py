@@ -108,10 +108,11 @@ def _key(paths: list[Path], val_paths: list[Path], settings: TokenizerConfig, to
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def file_pieces(path: Path, encoding: str, level: str, on_chunk=None) -> Iterator[str]:
-    """One file's text in pieces cut where no token can span (see tokenizer.token_pieces)."""
+def file_pieces(path: Path, encoding: str, level: str, on_chunk=None, on_forced_cut=None) -> Iterator[str]:
+    """One file's text in pieces cut where no token can span, or where none can be found
+    (`on_forced_cut` is told; see tokenizer.token_pieces)."""
     size = CHUNK_BYTES if level == "char" else SUBWORD_CHUNK_BYTES
-    return token_pieces(read_chunks(path, encoding, on_chunk, size), level)
+    return token_pieces(read_chunks(path, encoding, on_chunk, size), level, on_forced_cut=on_forced_cut)
 
 
 # ---------------------------------------------------------------- building
@@ -141,7 +142,9 @@ def _build(folder: Path, paths: list[Path], val_paths: list[Path], settings: Tok
                     "sources": sources, "val_sources": val_sources,
                     "tokens": {p: c[0] for p, c in counts.items()},
                     "characters": {p: c[1] for p, c in counts.items()},
-                    "unknown": {p: c[2] for p, c in counts.items()}}
+                    "unknown": {p: c[2] for p, c in counts.items()},
+                    # cuts made where text had no safe place for MAX_PIECE_CHARS: ids may differ there
+                    "forced_cuts": {p: c[3] for p, c in counts.items()}}
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if folder.exists():
             if _load_if_fresh(folder, paths, val_paths) is not None:
@@ -192,20 +195,33 @@ def _texts(path: Path, settings: TokenizerConfig, on_chunk, labels: set[str]) ->
         yield from token_pieces([document.text], settings.level)
 
 
-def _encode_files(files, recorded, tokenizer, settings, out: Path, dtype) -> tuple[int, int, int]:
+def _encode_files(files, recorded, tokenizer, settings, out: Path, dtype) -> tuple[int, int, int, int]:
     """Second pass: append each file's ids to `out`, [DOC] between files (documents: [DOC]
-    and the label before each document, [DOC] after the last); (tokens, characters, [UNK] tokens)."""
+    and the label before each document, [DOC] after the last); (tokens, characters, [UNK]
+    tokens, forced cuts)."""
     doc_id = tokenizer.token_to_id(DOC)  # tokenizers older than [DOC] join files with a newline
     doc = np.array([doc_id] if doc_id is not None else tokenizer.encode("\n").ids, dtype=dtype)
     table = CharTable(tokenizer, dtype) if settings.level == "char" else None
     unk_id = tokenizer.token_to_id(UNK)
-    tokens = characters = unknown = documents = 0
+    tokens = characters = unknown = documents = forced = 0
     total = sum(r["bytes"] for r in recorded)
 
     def write(ids: np.ndarray) -> None:
         nonlocal tokens
         ids.astype(dtype, copy=False).tofile(f)
         tokens += len(ids)
+
+    def write_text(pieces: Iterator[str]) -> None:
+        nonlocal characters, unknown
+        for text in pieces:
+            ids = _encode_piece(text, tokenizer, table)  # (n,)
+            write(ids)
+            characters += len(text)
+            unknown += int(np.count_nonzero(ids == unk_id))  # vocabulary coverage, for free
+
+    def forced_cut() -> None:
+        nonlocal forced
+        forced += 1
 
     with open(out, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, **_BAR,
                                     desc="tokenizing") as bar:
@@ -214,26 +230,18 @@ def _encode_files(files, recorded, tokenizer, settings, out: Path, dtype) -> tup
                 for document in read_documents(path, settings, lambda d: bar.update(len(d))):
                     write(np.concatenate([doc, _label_id(tokenizer, document, dtype)]))
                     documents += 1
-                    for text in token_pieces([document.text], settings.level):
-                        ids = _encode_piece(text, tokenizer, table)  # (n,)
-                        write(ids)
-                        characters += len(text)
-                        unknown += int(np.count_nonzero(ids == unk_id))
+                    write_text(token_pieces([document.text], settings.level, on_forced_cut=forced_cut))
                 continue
             if i:
                 write(doc)
-            for text in file_pieces(path, settings.encoding, settings.level, lambda d: bar.update(len(d))):
-                ids = _encode_piece(text, tokenizer, table)  # (n,)
-                write(ids)
-                characters += len(text)
-                unknown += int(np.count_nonzero(ids == unk_id))  # vocabulary coverage, for free
+            write_text(file_pieces(path, settings.encoding, settings.level, lambda d: bar.update(len(d)), forced_cut))
         if settings.documents:
             if documents < 2:
                 names = ", ".join(str(p) for p in files)
                 raise TextgenError(f"{names}: {documents} document(s) in --docs {settings.docs} mode; "
                                    "need at least two")
             write(doc)
-    return tokens, characters, unknown
+    return tokens, characters, unknown, forced
 
 
 def _label_id(tokenizer: Tokenizer, document, dtype) -> np.ndarray:
@@ -285,10 +293,16 @@ def _load_if_fresh(folder: Path, paths: list[Path], val_paths: list[Path]) -> To
     if any(a is None for a in arrays.values()):
         return None
     chars = manifest["characters"]
-    sources = [{"file": Path(s["file"]).name, "bytes": s["bytes"], "sha256": s["sha256"]}
+    sources = [{"file": shown_name(Path(s["file"]).name), "bytes": s["bytes"], "sha256": s["sha256"]}
                for s in manifest["sources"]]
     return TokenIds(tokenizer, arrays["train"], arrays.get("val"), chars["train"], chars.get("val", 0),
                     manifest["unknown"]["train"], sources, folder, reused=True)
+
+
+def shown_name(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 (kept by Linux as surrogate escapes,
+    which no UTF-8 writer accepts: TensorBoard, JSON readers) become replacement characters."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _same_files(recorded: list[dict], paths: list[Path]) -> bool:

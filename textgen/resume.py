@@ -23,11 +23,13 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from textgen.atomic import fault_point, fsync, write_json_atomic
-from textgen.bundle import TOKENIZER_FILE, BundleError, build_document, load_tokenizer, pick_file, read_document
+from textgen.bundle import (TOKENIZER_FILE, BundleError, build_document, failure_line, is_failure, load_tokenizer,
+                            pick_file, read_config, read_document)
 from textgen.config import Config
 from textgen.corpus_cache import sha256_file
 
 RESUME_DIR = "resume"
+_FOLDERS = (RESUME_DIR, ".resume-old", ".resume-new")  # the state, a crash's fallback, a save under way
 STATE_FILE = "state.json"
 ARRAYS_FILE = "variables.npz"
 
@@ -47,10 +49,34 @@ def save_resume_state(bundle_dir: Path, trainer, tokenizer: Tokenizer, config: C
     """Write the trainer's variables (weights, carried states, dropout seeds) and the
     optimizer's (moments, iteration) in creation order, crash-consistently (see the
     module docstring); return the resume folder.
-    """
 
+    Any failure is rolled back (the previous state stays) and raised as one-line BundleError.
+    """
     bundle_dir = Path(bundle_dir)
-    new, current, old = (bundle_dir / n for n in (".resume-new", RESUME_DIR, ".resume-old"))
+    try:
+        return _save(bundle_dir, trainer, tokenizer, config, progress)
+    except BaseException as err:
+        _roll_back(bundle_dir)
+        if not is_failure(err):
+            raise
+        raise BundleError(f"{bundle_dir}: could not save the resume state ({failure_line(err)}); "
+                          "the previous one is kept") from None
+
+
+def _roll_back(bundle_dir: Path) -> None:
+    """Undo a failed save as far as the disk allows; loading falls back to `.resume-old` anyway."""
+    current, old, new = (bundle_dir / n for n in _FOLDERS)
+    shutil.rmtree(new, ignore_errors=True)
+    if old.is_dir() and not current.is_dir():  # failed between the two renames
+        try:
+            os.replace(old, current)
+        except OSError:
+            pass
+
+
+def _save(bundle_dir: Path, trainer, tokenizer: Tokenizer, config: Config, progress: dict) -> Path:
+    """The save itself: `.resume-new` written whole, then the two renames."""
+    current, old, new = (bundle_dir / n for n in _FOLDERS)
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
     arrays = {f"model/{i:04d}": v.numpy() for i, v in enumerate(trainer.state_variables())}
@@ -71,11 +97,34 @@ def save_resume_state(bundle_dir: Path, trainer, tokenizer: Tokenizer, config: C
     return current
 
 
+def remove_resume_state(bundle_dir: Path) -> None:
+    """Delete a run's resume state (all of it: --overwrite must never resume the old run)."""
+    for name in _FOLDERS:
+        shutil.rmtree(Path(bundle_dir) / name, ignore_errors=True)
+
+
+def has_resume_state(bundle_dir: Path) -> bool:
+    """Whether a resume state (or the previous one a crash left) is there to continue from."""
+    return _state_folder(bundle_dir) is not None
+
+
+def saved_run_settings(bundle_dir: Path) -> dict[str, Any]:
+    """The run settings (config.kept_settings) the resume state holds; {} for a state saved
+    before they were kept, or for no state (loading it then says what is wrong)."""
+    folder = _state_folder(bundle_dir)
+    settings = read_config(folder, STATE_FILE)["state"].get("run") if folder else None
+    return settings if isinstance(settings, dict) else {}
+
+
+def _state_folder(bundle_dir: Path) -> Path | None:
+    """The resume state's folder: resume/, or the previous state a crash left; None if neither."""
+    return next((Path(bundle_dir) / n for n in _FOLDERS[:2] if (Path(bundle_dir) / n / STATE_FILE).is_file()), None)
+
+
 def load_resume_state(bundle_dir: Path) -> ResumeState:
     """Read and verify NAME/resume/ (or the previous state a crash left); no pickle."""
-
     bundle_dir = Path(bundle_dir)
-    folder = next((bundle_dir / n for n in (RESUME_DIR, ".resume-old") if (bundle_dir / n / STATE_FILE).is_file()), None)
+    folder = _state_folder(bundle_dir)
     if folder is None:
         raise BundleError(f"{bundle_dir}: no resume state to continue from ({bundle_dir / RESUME_DIR} is missing)")
     document, config = read_document(folder, STATE_FILE)

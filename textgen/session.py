@@ -75,9 +75,10 @@ class Session:
         state = {**state, "chars_per_token": self.prepared.chars_per_token}  # lets `info` show bits/char
         return save_bundle(self.bundle_dir, self.current_model(), self.prepared.tokenizer, self.prepared.config, state)
 
-    def save_resume(self, best: BestBundle) -> Path:
-        """Write the resume state with the counters `best` keeps (ResumeCheckpoint calls it)."""
-        progress = {**best.progress(), "replicas": self.replicas}
+    def save_resume(self, best: BestBundle, run_settings: dict) -> Path:
+        """Write the resume state with the counters `best` keeps and the run settings a resumed
+        run keeps (config.kept_settings); ResumeCheckpoint calls it."""
+        progress = {**best.progress(), "replicas": self.replicas, "run": run_settings}
         return save_resume_state(self.bundle_dir, self.trainer, self.prepared.tokenizer, self.prepared.config,
                                  progress)
 

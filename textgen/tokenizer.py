@@ -24,7 +24,7 @@ import functools
 import json
 import re
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -57,8 +57,9 @@ SCHEME = 2
 _LINE_BOUNDARY = re.compile(r"(?<=\S)(?=\n)")
 _SPACE_BOUNDARY = re.compile(r"(?<=\S)(?= )")
 _CHUNK_CHARS = 1 << 20
-# A piece with no safe cut is carried on up to this many characters, then cut anyway.
-MAX_PIECE_CHARS = 1 << 24
+# Text with no safe cut is carried on up to this many characters, then cut anyway: no real
+# token is this long, and it bounds every piece (and the tokenizers' work on one pre-token).
+MAX_PIECE_CHARS = 1 << 16
 
 
 def build_tokenizer(texts: Iterable[str], level: str, vocab_size: int = 20_000,
@@ -336,24 +337,33 @@ def safe_cut(text: str) -> int:
     return 0
 
 
-def token_pieces(texts: Iterable[str], level: str, max_chars: int = MAX_PIECE_CHARS) -> Iterator[str]:
+def token_pieces(texts: Iterable[str], level: str, max_chars: int | None = None,
+                 on_forced_cut: Callable[[], None] | None = None) -> Iterator[str]:
     """Text chunks re-cut where no token of `level` spans, so each piece encodes on its own.
 
     Char level: any cut is safe, the chunks pass through. Word and bpe: each piece ends at
-    its last `safe_cut` and the rest joins the next chunk; text with no safe place (no
-    space or line start) is carried on until it is `max_chars` long, then passed on whole,
-    so memory stays bounded: only such text can have a token split.
+    its last `safe_cut` and the rest joins the next chunk. Text with no safe place (no space
+    or line start) for more than `max_chars` characters is cut anyway every `max_chars`
+    characters (default MAX_PIECE_CHARS), and `on_forced_cut()` is told: only there can a token
+    be split (ids then differ from a whole-text encode), and no piece or carry outgrows a chunk
+    plus `max_chars`, so time and memory stay linear and flat in the text's size.
     """
     if level == "char":
         yield from texts
         return
+    max_chars = max_chars or MAX_PIECE_CHARS
     carry = ""
     for text in texts:
-        text = carry + text
-        cut = safe_cut(text) or (len(text) if len(text) >= max_chars else 0)
-        text, carry = text[:cut], text[cut:]
-        if text:
-            yield text
+        text = carry + text  # carry is at most max_chars: no text is copied over and over
+        start = safe_cut(text)
+        if start:
+            yield text[:start]
+        while len(text) - start > max_chars:  # no safe cut in text[start:]
+            yield text[start : start + max_chars]
+            start += max_chars
+            if on_forced_cut:
+                on_forced_cut()
+        carry = text[start:]
     if carry:
         yield carry
 

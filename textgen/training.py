@@ -6,6 +6,7 @@ trainer (`build_session`), builds the callbacks (`build_callbacks`), fits, and r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -22,10 +23,12 @@ from textgen import callbacks as cb
 from textgen import distribute, monitor
 from textgen.bundle import CONFIG_FILE, load_bundle
 from textgen.config import (Config, Interrupted, RunConfig, TextgenError, check_memory, config_from_options,
-                            fine_tune_config, resumed_config, split_options)
-from textgen.corpus_cache import TokenIds, token_ids
+                            fine_tune_config, kept_settings, resumed_config, resumed_run, split_options,
+                            train_options)
+from textgen.corpus_cache import TokenIds, shown_name, token_ids
 from textgen.data import check_length, resolve_paths, sources_digest, split_documents, split_ids
-from textgen.resume import load_resume_state
+from textgen.resume import has_resume_state, load_resume_state, remove_resume_state, saved_run_settings
+from textgen.run_lock import run_lock
 from textgen.session import Prepared, Session, build_session
 from textgen.tokenizer import DOC
 
@@ -40,28 +43,32 @@ def train(corpus: str | list[str], *, callbacks: list | tuple = (), **options: A
             flags): a RunConfig field (name, overwrite, resume, init_from, checkpoint_dir,
             log_dir, val_file, glob, strategy, mixed_precision, sample_every, histograms)
             or a TokenizerConfig, ModelConfig or TrainConfig field, e.g. level="word",
-            units=512, max_minutes=5. A resumed run may change only the budget options.
+            units=512, max_minutes=5. A resumed run may change only the budget options and
+            where it writes and what it shows; it keeps its corpus and device settings.
     """
     run, config_options = split_options(options)
     items = [str(i) for i in ([corpus] if isinstance(corpus, (str, Path)) else corpus)]
     name = run.name or default_name(items)
     check_name(name)
-    strategy = distribute.make_strategy(run.strategy)  # before any TensorFlow op (collectives)
     bundle_dir, run_dir = Path(run.checkpoint_dir) / name, Path(run.log_dir) / name
-    prepared, resume_state, init_model = _start(items, name, run, config_options, bundle_dir)
-    check_memory(prepared.config)
     # The chief writes the real bundle and logs; other workers run the same saves into
     # temporary folders (saves may hold collectives) and delete them at the end.
     out_bundle, out_run = distribute.output_dir(bundle_dir), distribute.output_dir(run_dir)
-    _claim_run(out_bundle, out_run, (run.overwrite and not run.resume) or out_bundle != bundle_dir)
-    try:
-        return fit(prepared, out_bundle, out_run, run, strategy, resume_state, init_model, list(callbacks))
-    except Interrupted as stop:
-        raise Interrupted(f"{stop}; resume with: {_resume_command(items, name, run)}", stop.exit_code) from None
-    finally:
-        if out_bundle != bundle_dir:
-            shutil.rmtree(out_bundle.parent, ignore_errors=True)
-            shutil.rmtree(out_run.parent, ignore_errors=True)
+    with run_lock(bundle_dir) if out_bundle == bundle_dir else contextlib.nullcontext():  # the chief's
+        if run.resume:
+            run = resumed_run(run, saved_run_settings(bundle_dir), set(options))
+        strategy = distribute.make_strategy(run.strategy)  # before any TensorFlow op (collectives)
+        prepared, resume_state, init_model = _start(items, name, run, config_options, bundle_dir)
+        check_memory(prepared.config)
+        _claim_run(out_bundle, out_run, (run.overwrite and not run.resume) or out_bundle != bundle_dir)
+        try:
+            return fit(prepared, out_bundle, out_run, run, strategy, resume_state, init_model, list(callbacks))
+        except Interrupted as stop:
+            raise Interrupted(f"{stop}; resume with: {_resume_command(items, name, run)}", stop.exit_code) from None
+        finally:
+            if out_bundle != bundle_dir:
+                shutil.rmtree(out_bundle.parent, ignore_errors=True)
+                shutil.rmtree(out_run.parent, ignore_errors=True)
 
 
 def _start(items: list[str], name: str, run: RunConfig, options: dict[str, Any], bundle_dir: Path) -> tuple:
@@ -71,7 +78,7 @@ def _start(items: list[str], name: str, run: RunConfig, options: dict[str, Any],
         prepared = prepare(items, run.val_file, resumed_config(state.config, options), state.tokenizer, run.glob)
         _check_same_corpus(state.config, prepared.config, name)
         return prepared, state, None
-    if (bundle_dir / CONFIG_FILE).exists() and not run.overwrite:
+    if ((bundle_dir / CONFIG_FILE).exists() or has_resume_state(bundle_dir)) and not run.overwrite:
         raise TextgenError(
             f"{bundle_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
             f"or choose another --name"
@@ -84,12 +91,12 @@ def _start(items: list[str], name: str, run: RunConfig, options: dict[str, Any],
 
 
 def _resume_command(items: list[str], name: str, run: RunConfig) -> str:
-    """The command that resumes this run (naming its folders when they are not the defaults)."""
+    """The command that resumes this run: its folders and the settings it keeps, where not the defaults."""
     command = ["python", "train.py", *items, "--name", name, "--resume"]
-    for key in ("checkpoint_dir", "log_dir"):
-        value, default = str(getattr(run, key)), getattr(RunConfig, key)
-        if value != default:
-            command += [f"--{key.replace('_', '-')}", value]
+    for option in train_options():
+        value = getattr(run, option.name, None)
+        if option.name in (*kept_settings(run), "checkpoint_dir", "log_dir") and value != option.default:
+            command += [option.flag] if option.kind is bool else [option.flag, str(value)]
     return shlex.join(command)
 
 
@@ -112,14 +119,17 @@ def _check_same_corpus(saved: Config, current: Config, name: str) -> None:
 
 
 def default_name(items: list[str]) -> str:
-    """The run name for corpus arguments: the first file's (or folder's) stem, or the corpus name."""
-    return Path(items[0].rstrip("/\\")).stem or "corpus"
+    """The run name for corpus arguments: the first file's (or folder's) stem, or the corpus name
+    (as text: bytes of the file name that are not UTF-8 become replacement characters)."""
+    return shown_name(Path(items[0].rstrip("/\\")).stem) or "corpus"
 
 
 def _claim_run(bundle_dir: Path, run_dir: Path, overwrite: bool) -> None:
-    """Create the run's folders; with overwrite, clear the old logs so curves do not mix."""
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
+    """Create the run's folders; with overwrite, clear the old logs (so curves do not mix) and
+    the old resume state (so a crash before the first save cannot resume the old run)."""
+    if overwrite:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        remove_resume_state(bundle_dir)
     for folder in (bundle_dir, run_dir):
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -216,7 +226,8 @@ def build_callbacks(session: Session, run_dir: Path, run: RunConfig, strategy,
     best = cb.BestBundle(session.save_bundle, t.patience, session.best_val_loss, session.resumed.get("wait", 0),
                          session.resumed.get("epoch", 0))
     control = [stop, budget, cb.CosineSchedule(budget, t.learning_rate), keras.callbacks.TerminateOnNaN(), best,
-               cb.ResumeCheckpoint(partial(session.save_resume, best), t.checkpoint_every)]
+               cb.ResumeCheckpoint(partial(session.save_resume, best, kept_settings(run)),
+                                   t.checkpoint_every, report=bar.write)]
     sampler = monitor.LiveSampler(session.current_model, p.tokenizer, p.config)
     tensorboard = monitor.tensorboard_callbacks(
         run_dir, sampler, p.config, monitor.sample_prime(p.tokenizer, p.train_ids), tokens_per_step=tokens_per_step,
