@@ -28,6 +28,7 @@ def run_lock(folder: Path) -> Iterator[None]:
         yield
         return
     folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # folders this run creates
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -41,9 +42,25 @@ def run_lock(folder: Path) -> Iterator[None]:
                                f"or choose another --name") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
-        yield
+        try:
+            yield
+        except BaseException:
+            _remove_if_unused(folder, made)
+            raise
     finally:
         os.close(fd)  # releases the lock
+
+
+def _remove_if_unused(folder: Path, made: list[Path]) -> None:
+    """A run that failed before writing anything (bad corpus, bad option) leaves no folder behind:
+    remove the lock file and the folders this run created, if nothing else is in them."""
+    if made and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+        (folder / LOCK_FILE).unlink()
+        for path in made:  # innermost first
+            try:
+                path.rmdir()
+            except OSError:  # not empty: something else lives there
+                break
 
 
 def _owner(fd: int) -> str:
