@@ -18,6 +18,7 @@ from textgen.config import (Config, Interrupted, TextgenError, TrainConfig, chec
                             option_value, override)
 from textgen.corpus_cache import TokenIds, token_ids
 from textgen.data import StreamLayout, check_length, make_stream_dataset, resolve_paths, sources_digest, split_ids
+from textgen.device import startup_lines
 
 
 @dataclass
@@ -367,6 +368,8 @@ def _announce(prepared: Prepared, layout: StreamLayout, bundle_dir: Path, run_di
         f"vocabulary {cfg.model.vocab_size:,})"
     )
     m, t = cfg.model, cfg.train
+    for line in startup_lines():
+        print(line)
     print(
         f"Model: {m.layers}x{m.units} LSTM, batch {layout.batch} x {layout.seq_len} tokens "
         f"(state carried across batches), {layout.steps:,} steps per epoch"
