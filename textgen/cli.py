@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from textgen import __version__
+from textgen import __version__, export
 from textgen.config import GENERATE_LENGTH, LEVELS, MAX_SEED, Interrupted, ModelConfig, TextgenError, TokenizerConfig, TrainConfig
 
 EXIT_USAGE = 2
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub.add_parser("evaluate", parents=[common], help="bits per character of a text"))
     _add_info(sub.add_parser("info", parents=[common], help="describe a bundle"))
     _add_serve(sub.add_parser("serve", parents=[common], help="serve a bundle over HTTP with a web page"))
+    export.add_arguments(sub.add_parser("export", parents=[common], help="export the one-step generator (SavedModel, LiteRT, ONNX)"))
     return parser
 
 

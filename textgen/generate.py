@@ -74,8 +74,7 @@ class TextGenerator:
         self.tokenizer = bundle.tokenizer
         self.config = bundle.config
         self.state = bundle.state
-        # Never invent [UNK] or a [DOC] separator (bundles older than [DOC] lack it).
-        self._banned = [i for i in map(self.tokenizer.token_to_id, SPECIAL_TOKENS) if i is not None]
+        self._banned = banned_ids(self.tokenizer)
         self._stepper = LSTMStepper.from_model(self.model)  # a snapshot of the weights
 
     @classmethod
@@ -197,9 +196,7 @@ class TextGenerator:
         return logits[:, -1, :], states
 
     def _start_ids(self) -> np.ndarray:
-        """Context for an empty prime: a newline, as if a new paragraph began."""
-        newline = self.tokenizer.encode("\n").ids  # byte-level BPE spells it "Ċ"
-        return np.array(newline[-1:] or [0], np.int32)
+        return np.array([start_id(self.tokenizer)], np.int32)
 
 
 class _Recent:
@@ -257,6 +254,17 @@ class _PieceDecoder:
             return ""
         self.done[i] = len(ids)
         return after[len(before) :]
+
+
+def banned_ids(tokenizer) -> list[int]:
+    """Ids generation never emits: [UNK] and the [DOC] separator (bundles older than [DOC] lack it)."""
+    return [i for i in map(tokenizer.token_to_id, SPECIAL_TOKENS) if i is not None]
+
+
+def start_id(tokenizer) -> int:
+    """Context for an empty prime: a newline, as if a new paragraph began."""
+    newline = tokenizer.encode("\n").ids  # byte-level BPE spells it "Ċ"
+    return int(newline[-1]) if newline else 0
 
 
 def load(path: str | Path) -> TextGenerator:
