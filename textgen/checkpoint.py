@@ -349,10 +349,14 @@ def read_document(path: Path, name: str = CONFIG_FILE) -> tuple[dict[str, Any], 
 
 def write_json_atomic(path: Path, document: Any) -> None:
     """Write JSON to a temporary file, fsync it and rename it over `path`."""
+    write_text_atomic(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text to a temporary file, fsync it and rename it over `path`."""
     tmp = path.with_name(f".tmp-{os.getpid()}.{path.name}")
     try:
-        tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n",
-                       encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         _commit(tmp, path)
     except BaseException:
         _unlink(tmp)

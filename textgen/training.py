@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from textgen.card import Clock, train_call, write_card
 from textgen.checkpoint import CONFIG_FILE, load_bundle, load_resume_state
 from textgen.config import (Config, Interrupted, TextgenError, TrainConfig, check_memory, config_from_options,
                             option_value, override)
@@ -65,6 +66,7 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
     """
     from textgen import distribute
 
+    call = train_call(train, locals())  # for the model card, before any local is added
     items = [str(i) for i in ([corpus] if isinstance(corpus, (str, Path)) else corpus)]
     name = name or default_name(items)
     check_name(name)
@@ -96,7 +98,7 @@ def train(corpus: str | list[str], *, name: str | None = None, overwrite: bool =
     monitoring = {"sample_every": sample_every, "histograms": histograms}
     try:
         return fit(prepared, out_bundle, out_run, state, start.model if start else None, list(callbacks),
-                   monitoring, strategy=tf_strategy, mixed_precision=mixed_precision)
+                   monitoring, strategy=tf_strategy, mixed_precision=mixed_precision, trained_by=call)
     except Interrupted as stop:
         command = ["python", "train.py", *items, "--name", name, "--resume"]
         for flag, value, default in (("--checkpoint-dir", checkpoint_dir, "checkpoints"),
@@ -205,7 +207,7 @@ def _provenance(corpus: TokenIds, val_file: str | None) -> dict:
 
 def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, init_model=None,
         extra_callbacks: list | None = None, monitoring: dict | None = None, strategy=None,
-        mixed_precision: bool = False) -> Path:
+        mixed_precision: bool = False, trained_by: str | None = None) -> Path:
     """Build, compile and fit the model; the best bundle by validation loss ends in bundle_dir.
 
     Args:
@@ -216,6 +218,7 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, 
         strategy: a tf.distribute.Strategy (default: the default one); the trainer is built
             inside its scope and the batch split by rows, one set of streams per replica.
         mixed_precision: per-layer mixed dtype policy (textgen.distribute.mixed_precision_dtype).
+        trained_by: the `textgen.train(...)` call, for the model card (kept across resumes).
     """
     import keras
     import tensorflow as tf
@@ -255,6 +258,8 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, 
     first_step = int(trainer.optimizer.iterations.numpy())
     tokens_per_step = layout.batch * layout.seq_len
     _announce(prepared, layout, bundle_dir, run_dir, first_step)
+    calls = [*progress.get("trained_by", []), *([trained_by] if trained_by else [])]  # for the model card
+    clock = Clock(progress.get("train_seconds", 0))  # training time across resumed sessions
 
     def current_model() -> keras.Model:
         copy_weights(net, export)
@@ -262,7 +267,9 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, 
 
     def save(state: dict) -> Path:
         state = {**state, "chars_per_token": prepared.chars_per_token}  # lets `info` show bits/char
-        return save_bundle(bundle_dir, current_model(), prepared.tokenizer, cfg, state)
+        path = save_bundle(bundle_dir, current_model(), prepared.tokenizer, cfg, state)
+        write_card(path, calls, clock())
+        return path
 
     printer = TextGenerator.from_model(export, prepared.tokenizer, cfg)  # built once, refreshed per sample
 
@@ -278,7 +285,8 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, resume_state=None, 
     best = cb.BestBundle(save, t.patience, _inf(progress.get("best_val_loss")), progress.get("wait", 0),
                          progress.get("epoch", 0))
     resume_writer = cb.ResumeCheckpoint(
-        lambda: save_resume_state(bundle_dir, trainer, prepared.tokenizer, cfg, {**best.progress(), "replicas": replicas}),
+        lambda: save_resume_state(bundle_dir, trainer, prepared.tokenizer, cfg,
+                                  {**best.progress(), "replicas": replicas, "trained_by": calls, "train_seconds": clock()}),
         t.checkpoint_every,
     )
     stop = cb.StopOnSignal(bar.write)
