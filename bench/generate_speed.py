@@ -40,7 +40,7 @@ def build_bundle(folder: Path) -> Path:
     """A 2x256 char model with random weights over a 65-character vocabulary, saved as a bundle."""
     import keras
 
-    from textgen.checkpoint import save_bundle
+    from textgen.bundle import save_bundle
     from textgen.config import Config, ModelConfig, TokenizerConfig
     from textgen.model import build_model
     from textgen.tokenizer import build_tokenizer

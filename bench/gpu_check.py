@@ -128,7 +128,7 @@ def _resume_check(textgen, keras, tf, corpus: str, steps: int, options: dict) ->
     """An uninterrupted run against one stopped halfway and resumed: same final variables?"""
     import numpy as np
 
-    from textgen.checkpoint import load_resume_state
+    from textgen.resume import load_resume_state
 
     class StopAt(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):

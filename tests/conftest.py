@@ -10,6 +10,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's start-up
 import pytest
 
 SHARED_CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
+OLD_BUNDLE = Path(__file__).parent / "fixtures" / "bundle_v1"  # saved by textgen 0.1.0 (with resume/): must keep loading
+# Config fields added after OLD_BUNDLE was written, with the value an old bundle means by leaving
+# them out: a new save writes them, and nothing else of the old document may change.
+ADDED_CONFIG_FIELDS = {"tokenizer": {"lowercase": False}}
+
+
+def with_added_fields(document: dict) -> dict:
+    """An old config.json/state.json document as today's code writes it back."""
+    config = {key: {**value, **ADDED_CONFIG_FIELDS[key]} if key in ADDED_CONFIG_FIELDS else value
+              for key, value in document["config"].items()}
+    return {**document, "config": config}
 
 # Tiny model settings: every test trains in seconds on two CPU cores.
 TINY = dict(units=16, layers=2, embedding_dim=8, seq_len=16, batch_size=8, dropout=0.0, seed=1)
@@ -27,7 +38,8 @@ def make_text(lines: int = 200) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def token_cache_dir(tmp_path_factory) -> Path:
-    """Token caches (and fetched corpora) go to a temporary folder, never the user's ~/.cache."""
+    """Token caches (and fetched corpora) go to a temporary folder, never the user's ~/.cache
+    nor a checkout's corpora/ (TEXTGEN_CACHE_DIR set wins over the checkout)."""
     folder = tmp_path_factory.mktemp("textgen_cache")
     os.environ["TEXTGEN_CACHE_DIR"] = str(folder)
     return folder
@@ -55,6 +67,14 @@ def tiny_bundle(tmp_path_factory) -> Path:
     corpus.write_text(make_text(), encoding="utf-8")
     return textgen.train(str(corpus), checkpoint_dir=root / "checkpoints", log_dir=root / "runs",
                          max_steps=40, **TINY)
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny bundle (resume state included) that a test may edit or break."""
+    import shutil
+
+    return shutil.copytree(tiny_bundle, tmp_path / "copy")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Interrupts: real training processes, signalled only after their first step."""
+"""The control callbacks: Budget, CosineSchedule, BestBundle and ResumeCheckpoint driven directly,
+and StopOnSignal in real training processes, signalled only after their first step."""
 
 import json
 import re
@@ -6,7 +7,7 @@ import signal
 
 import pytest
 
-from textgen.checkpoint import load_bundle
+from textgen.bundle import load_bundle
 from tests.conftest import TINY, Child, make_text
 
 TINY_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
@@ -60,3 +61,195 @@ def test_a_signal_before_fit_stops_after_the_first_step(tmp_path, corpus_file):
     state = json.loads((tmp_path / "ck" / "corpus" / "config.json").read_text())["state"]
     assert state["step"] == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+# The control callbacks driven directly: a tiny real Keras model, its optimizer's step
+# set by hand, the hooks called with the logs Keras would pass, a fake clock for time.
+
+def tiny_model(learning_rate: float = 0.01):
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def at_step(model, step: int) -> None:
+    model.optimizer.iterations.assign(step)
+
+
+class FakeClock:
+    """Seconds that pass only when a test says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def take_step(callback, model, clock: FakeClock, seconds: float, loss: float = 1.0) -> None:
+    """One optimizer step of `seconds`, as model.fit reports it to a callback."""
+    batch = int(model.optimizer.iterations.numpy())
+    callback.on_train_batch_begin(batch)
+    clock.now += seconds
+    at_step(model, batch + 1)
+    callback.on_train_batch_end(batch, {"loss": loss})
+
+
+def steps_until_stop(budget, model, clock: FakeClock, seconds: float, limit: int = 1000) -> int:
+    """Take steps of `seconds` until the budget stops training; the step it stopped at."""
+    for _ in range(limit):
+        take_step(budget, model, clock, seconds)
+        if model.stop_training:
+            return int(model.optimizer.iterations.numpy())
+    raise AssertionError("the budget never stopped training")
+
+
+def test_budget_stops_at_max_steps_exactly_and_measures_progress_in_steps():
+    from textgen.callbacks import Budget
+
+    model, clock = tiny_model(), FakeClock()
+    budget = Budget(max_steps=5, max_minutes=None, planned_steps=100, val_batches=1, clock=clock)
+    budget.set_model(model)
+    take_step(budget, model, clock, 1.0)
+    take_step(budget, model, clock, 1.0)
+    assert budget.progress() == 2 / 5  # against --max-steps, not the planned epochs
+    assert steps_until_stop(budget, model, clock, 1.0) == 5
+    assert budget.reason == "reached --max-steps 5" and budget.progress() == 1.0
+    without_limits = Budget(max_steps=None, max_minutes=None, planned_steps=100, val_batches=1, clock=clock)
+    without_limits.set_model(model)
+    assert without_limits.progress() == 5 / 100
+
+
+def one_minute_budget(val_batches: int):
+    """A --max-minutes 1 Budget on a tiny model with a fake clock, after a first step of 10 s."""
+    from textgen.callbacks import Budget
+
+    model, clock = tiny_model(), FakeClock()
+    budget = Budget(max_steps=None, max_minutes=1, planned_steps=10_000, val_batches=val_batches, clock=clock)
+    budget.set_model(model)
+    take_step(budget, model, clock, 10.0)
+    return budget, model, clock
+
+
+def test_budget_stops_when_a_step_and_the_estimated_validation_would_overrun_max_minutes():
+    # The first step (tracing) takes 10 s and is not a step time; later steps take 2 s; the
+    # validation estimate is 6 batches x 2 s / 3 (forward only) = 4 s. Step k ends at
+    # 10 + 2(k - 1) s and training stops once elapsed + 2 + 4 >= 60: at step 23, 54 s in.
+    budget, model, clock = one_minute_budget(val_batches=6)
+    assert steps_until_stop(budget, model, clock, 2.0) == 23
+    assert budget.elapsed == 54.0 and budget.reason == "reached --max-minutes 1"
+    assert budget.progress() == 54 / 60
+
+
+def test_budget_counts_a_measured_validation_in_its_time():
+    budget, model, clock = one_minute_budget(val_batches=3)
+    take_step(budget, model, clock, 2.0)
+    budget.on_test_begin()
+    clock.now += 10.0  # a 10-second validation
+    budget.on_test_end()
+    budget.on_epoch_end(0, {"val_loss": 1.0})
+    # Step k >= 3 ends at 24 + 2(k - 3) s; it stops once elapsed + 2 + 10 >= 60: step 15, 48 s in.
+    assert steps_until_stop(budget, model, clock, 2.0) == 15
+    assert budget.elapsed == 48.0 and budget.validation_seconds == 10.0
+
+
+def test_cosine_schedule_falls_from_base_to_a_tenth_over_the_budget():
+    import keras
+    import pytest
+
+    from textgen.callbacks import Budget, CosineSchedule
+
+    model = tiny_model()
+    budget = Budget(max_steps=10, max_minutes=None, planned_steps=10, val_batches=1)
+    schedule = CosineSchedule(budget, base=0.01)
+    budget.set_model(model)
+    schedule.set_model(model)
+    rates = []
+    for step in (0, 5, 10):  # progress 0, 0.5, 1
+        at_step(model, step)
+        schedule.on_train_batch_begin(step)
+        rates.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
+    assert rates == pytest.approx([0.01, 0.01 * (0.1 + 0.9 * 0.5), 0.001], rel=1e-6)
+
+
+def test_best_bundle_saves_only_on_improvement_and_stops_after_patience_misses(tmp_path):
+    from textgen.callbacks import BestBundle
+
+    model = tiny_model()
+    at_step(model, 7)
+    saved = []
+
+    def save(state):
+        saved.append(state)
+        return tmp_path / f"bundle{len(saved)}"
+
+    best = BestBundle(save, patience=2)
+    best.set_model(model)
+    for epoch, logs in enumerate([{"val_loss": 2.0},            # better than nothing: saved
+                                  {"val_loss": 2.5},            # a miss
+                                  {"val_loss": 1.5},            # better: saved, misses reset
+                                  {"val_loss": float("nan")},   # neither better nor a miss
+                                  {"loss": 1.0},                # no validation this epoch
+                                  {"val_loss": 1.5}]):          # equal is a miss
+        best.on_epoch_end(epoch, logs)
+    assert not model.stop_training and best.wait == 1
+    best.on_epoch_end(6, {"val_loss": 1.6})  # the second miss in a row
+    assert model.stop_training and best.stopped_early
+    assert saved == [{"epoch": 1, "step": 7, "best_val_loss": 2.0, "wait": 0, "val_loss": 2.0},
+                     {"epoch": 3, "step": 7, "best_val_loss": 1.5, "wait": 0, "val_loss": 1.5}]
+    assert best.saved_path == tmp_path / "bundle2"
+    assert best.progress() == {"epoch": 7, "step": 7, "best_val_loss": 1.5, "wait": 2}
+    best.on_train_end({"loss": 1.0})  # a validation ran: the end saves nothing more
+    assert len(saved) == 2
+
+
+def test_best_bundle_keeps_the_work_when_no_validation_ran_and_carries_resumed_counters():
+    from textgen.callbacks import BestBundle
+
+    model = tiny_model()
+    saved = []
+    best = BestBundle(saved.append, patience=3)
+    best.set_model(model)
+    best.on_train_end({"loss": float("nan")})  # NaN weights are never a bundle
+    assert saved == []
+    best.on_train_end({"loss": 1.0})
+    assert saved == [{"epoch": 0, "step": 0, "best_val_loss": None, "wait": 0, "val_loss": None}]
+
+    resumed = BestBundle(saved.append, patience=3, best=1.0, wait=2, epoch=4)
+    resumed.set_model(model)
+    resumed.on_epoch_end(4, {"val_loss": 1.2})  # the third miss counting the saved two
+    assert model.stop_training and resumed.progress()["epoch"] == 5 and len(saved) == 1
+
+
+def test_resume_checkpoint_saves_every_n_steps_and_at_train_end():
+    from textgen.callbacks import ResumeCheckpoint
+
+    model, clock = tiny_model(), FakeClock()
+    saves = []
+    writer = ResumeCheckpoint(lambda: saves.append(int(model.optimizer.iterations.numpy())), every_steps=3)
+    writer.set_model(model)
+    for _ in range(7):
+        take_step(writer, model, clock, 1.0)
+    assert saves == [3, 6]
+    writer.on_train_end()
+    assert saves == [3, 6, 7]
+
+
+def test_resume_checkpoint_by_time_and_never_after_a_non_finite_loss():
+    from textgen.callbacks import ResumeCheckpoint
+
+    model, clock = tiny_model(), FakeClock()
+    saves = []
+    writer = ResumeCheckpoint(lambda: saves.append(int(model.optimizer.iterations.numpy())), every_steps=None,
+                              every_seconds=300, clock=clock)
+    writer.set_model(model)
+    for _ in range(7):
+        take_step(writer, model, clock, 100.0)
+    assert saves == [3, 6]  # 300 s after the start, then 300 s after the last save
+    take_step(writer, model, clock, 100.0, loss=float("nan"))
+    take_step(writer, model, clock, 100.0, loss=float("nan"))  # due, but the state is broken
+    writer.on_train_end()
+    assert saves == [3, 6]

@@ -9,7 +9,7 @@ import pytest
 
 import textgen
 from tests.conftest import TINY
-from textgen import card, checkpoint
+from textgen import atomic, card
 
 
 def test_bundle_has_a_card_saying_what_it_is_how_it_was_trained_and_how_to_load_it(tiny_bundle):
@@ -45,7 +45,7 @@ def test_card_write_is_atomic(tiny_bundle, tmp_path, monkeypatch):
     def full_disk(tmp, final):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "_commit", full_disk)
+    monkeypatch.setattr(atomic, "commit", full_disk)
     with pytest.raises(OSError):
         card.write_card(bundle, ["textgen.train('x')"], 1.0)
     assert (bundle / card.CARD_FILE).read_text() == before

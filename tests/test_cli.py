@@ -30,6 +30,20 @@ def assert_one_line_error(code, err, pattern):
     assert "error" in lines[0] and pattern in lines[0], lines[0]
 
 
+def test_lowercase_word_level_reports_coverage_and_writes_lowercase(tmp_path, capsys):
+    corpus = tmp_path / "plays.txt"
+    corpus.write_text(make_text(), encoding="utf-8")
+    code, out, _ = run(capsys, "train", corpus, "--checkpoint-dir", tmp_path / "ck", "--log-dir", tmp_path / "runs",
+                       "--level", "word", "--lowercase", "--vocab-size", 12, "--max-steps", 3, *TINY_FLAGS)
+    assert code == 0 and "Vocabulary 12 covers" in out
+    bundle = tmp_path / "ck" / "plays"
+    code, out, _ = run(capsys, "generate", bundle, "--prime", "The", "--length", 30, "--seed", 5)
+    assert code == 0 and out.startswith("The") and out[3:] == out[3:].lower()  # the prime is echoed as typed
+    (tmp_path / "val.txt").write_text(make_text(20).upper(), encoding="utf-8")  # folded: no [UNK] for case
+    code, out, _ = run(capsys, "evaluate", bundle, tmp_path / "val.txt", "--json")
+    assert code == 0 and 0 < json.loads(out)["bits_per_char"] < 8
+
+
 def test_train_generate_evaluate_end_to_end(tmp_path, capsys):
     corpus = tmp_path / "plays.txt"
     corpus.write_text(make_text(), encoding="utf-8")
@@ -90,7 +104,8 @@ def test_bad_generate_inputs_get_one_line_and_exit_2(tiny_bundle, tmp_path, caps
     assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--prime", "Q@")[::2], "'Q'")
     assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--temperature", "-1")[::2], "temperature")
     assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--length", "0")[::2], "length")
-    assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--top-k", "0")[::2], "--top-k")
+    assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--top-k", "-1")[::2], "--top-k")
+    assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--seed", str(2**63))[::2], "--seed")
     assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--top-p", "1.5")[::2], "--top-p")
     assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--repetition-penalty", "0")[::2], "penalty")
     assert_one_line_error(*run(capsys, "generate", tiny_bundle, "--num-samples", "0")[::2], "--num-samples")
@@ -105,6 +120,29 @@ def test_bad_generate_inputs_get_one_line_and_exit_2(tiny_bundle, tmp_path, caps
 def test_out_of_range_hyperparameters_are_refused(tmp_path, capsys, corpus_file):
     code, _, err = run(capsys, "train", corpus_file, "--dropout", "1.5", "--checkpoint-dir", tmp_path / "ck")
     assert_one_line_error(code, err, "dropout")
+
+
+def test_readme_train_flag_table_lists_every_train_option_with_its_default():
+    import re
+
+    from textgen.config import train_options
+
+    section = (ROOT / "README.md").read_text().split("## `textgen train CORPUS...`")[1].split("\n#")[0]
+    table = dict(re.findall(r"^\| `(--[a-z-]+)[^`]*` \| ([^|]+) \|", section, re.M))
+    assert set(table) == {option.flag for option in train_options()} | {"--verbose"}
+    for option in train_options():
+        if option.default is not None and option.kind is not bool:
+            assert table[option.flag].strip().strip("`") == str(option.default), option.flag
+
+
+def test_only_typed_train_flags_become_train_keywords():
+    """Untyped flags stay out, so train's defaults (config.py's) apply and a resume can tell them apart."""
+    from textgen.cli import build_parser, train_keywords
+
+    args = build_parser().parse_args(["train", "c.txt", "--units", "8", "--no-histograms", "--mixed-precision",
+                                      "--max-minutes", "1.5", "--verbose"])
+    assert train_keywords(args) == {"units": 8, "histograms": False, "mixed_precision": True, "max_minutes": 1.5}
+    assert train_keywords(build_parser().parse_args(["train", "c.txt"])) == {}
 
 
 def test_version(capsys):
@@ -173,7 +211,7 @@ def test_corpus_with_bom_crlf_and_mixed_scripts_trains_and_generates(tmp_path, c
     code, out, _ = run(capsys, "train", corpus, "--checkpoint-dir", tmp_path / "ck", "--log-dir",
                        tmp_path / "runs", "--max-steps", 5, *TINY_FLAGS)
     assert code == 0, out
-    from textgen.checkpoint import load_bundle
+    from textgen.bundle import load_bundle
 
     vocab = load_bundle(tmp_path / "ck" / "mixed").tokenizer.get_vocab()
     assert "\r" not in vocab and "\ufeff" not in vocab and {"к", "犬", "ح"} <= set(vocab)

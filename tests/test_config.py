@@ -26,6 +26,10 @@ def test_wrong_types_and_ranges_are_refused():
         config_from_options(dropout=1.0)
     with pytest.raises(ConfigError, match="level"):
         config_from_options(level="byte")
+    data = Config().to_dict()
+    data["tokenizer"]["lowercase"] = "yes"
+    with pytest.raises(ConfigError, match="tokenizer.lowercase has the wrong type"):
+        Config.from_dict(data)
 
 
 def test_unknown_option_is_a_user_error():
@@ -36,3 +40,36 @@ def test_unknown_option_is_a_user_error():
 def test_vocab_size_option_caps_the_tokenizer_not_the_model():
     config = config_from_options(vocab_size=500)
     assert config.tokenizer.vocab_size == 500 and config.model.vocab_size == 0
+
+
+def test_a_resumed_run_may_change_only_its_budget():
+    from textgen.config import resumed_config, train_options
+
+    assert {o.name for o in train_options() if o.resumable} == {
+        "epochs", "max_steps", "max_minutes", "patience", "checkpoint_every"}
+    saved = config_from_options(units=32, max_steps=10).replace(name="run")
+    longer = resumed_config(saved, {"max_steps": 50, "units": 32, "patience": 9})  # units as saved: fine
+    assert longer == config_from_options(units=32, max_steps=50, patience=9).replace(name="run")
+    with pytest.raises(ConfigError, match="--units 64 differs from the run's 32"):
+        resumed_config(saved, {"units": 64})
+
+
+def test_fine_tuning_keeps_the_bundles_model_and_tokenizer():
+    from textgen.config import fine_tune_config
+
+    base = config_from_options(units=32, level="word").replace(name="old", corpus={"sha256": "x"})
+    tuned = fine_tune_config(base, {"learning_rate": 1e-3, "units": 32})
+    assert tuned.model == base.model and tuned.tokenizer == base.tokenizer
+    assert tuned.train.learning_rate == 1e-3 and tuned.name == "" and tuned.corpus == {}
+    with pytest.raises(ConfigError, match=r"cannot change \['level', 'units'\]"):
+        fine_tune_config(base, {"units": 64, "level": "char"})
+
+
+def test_train_keywords_split_into_run_settings_and_config_options():
+    from textgen.config import RunConfig, split_options
+
+    run, options = split_options({"strategy": "mirrored", "sample_every": 5, "units": 8, "name": "x"})
+    assert run == RunConfig(strategy="mirrored", sample_every=5, name="x") and options == {"units": 8}
+    assert split_options({})[0] == RunConfig()
+    with pytest.raises(ConfigError, match="sample_every must be at least 1, not 0"):
+        split_options({"sample_every": 0})

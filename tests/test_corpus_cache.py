@@ -3,9 +3,10 @@ import os
 import numpy as np
 import pytest
 
-from textgen.config import TextgenError, TokenizerConfig
-from textgen.corpus_cache import _build, id_dtype, stream_text, token_ids
-from textgen.data import read_text, resolve_paths
+from textgen.config import TokenizerConfig
+from textgen.corpus_cache import _build, id_dtype, token_ids
+from textgen.data import resolve_paths
+from textgen.text import read_text
 from textgen.tokenizer import DOC, build_tokenizer, encode
 
 TEXT = "Hello, world!\r\nSecond line\twith tabs 😀 and more.\n" * 40
@@ -17,24 +18,9 @@ def write(path, text):
     return path
 
 
-def test_streamed_text_equals_whole_file_reading_with_cuts_inside_crlf_and_characters(tmp_path):
-    path = write(tmp_path / "a.txt", "\ufeff" + TEXT)
-    for size in (1, 2, 3, 7, 64):  # tiny chunks cut CRLF pairs and 4-byte emoji apart
-        assert "".join(stream_text(path, "utf-8", chunk_bytes=size)) == read_text(path)
-
-
-def test_streamed_reading_refuses_bad_bytes_with_their_offset(tmp_path):
-    bad = tmp_path / "bad.txt"
-    bad.write_bytes(b"abcdef\xff")
-    with pytest.raises(TextgenError, match="byte offset 6"):
-        list(stream_text(bad, "utf-8", chunk_bytes=4))
-    bad.write_bytes(b"abcdef\x00")
-    with pytest.raises(TextgenError, match="NUL byte at offset 6"):
-        list(stream_text(bad, "utf-8", chunk_bytes=4))
-
-
+@pytest.mark.parametrize("lowercase", [False, True])
 @pytest.mark.parametrize("level", ["char", "word", "bpe"])
-def test_cached_ids_equal_in_memory_encoding_with_doc_between_files(tmp_path, level, monkeypatch):
+def test_cached_ids_equal_in_memory_encoding_with_doc_between_files(tmp_path, level, lowercase, monkeypatch):
     import textgen.corpus_cache as module
 
     monkeypatch.setattr(module, "CHUNK_BYTES", 100)  # many pieces, cut mid-line
@@ -42,13 +28,15 @@ def test_cached_ids_equal_in_memory_encoding_with_doc_between_files(tmp_path, le
     monkeypatch.setattr(module, "SUBWORD_PIECE_CHARS", 30)
     a = write(tmp_path / "a.txt", TEXT)
     b = write(tmp_path / "b.txt", TEXT.upper())
-    got = token_ids([a, b], [], TokenizerConfig(level=level, vocab_size=300), root=tmp_path / "cache")
+    got = token_ids([a, b], [], TokenizerConfig(level=level, vocab_size=300, lowercase=lowercase),
+                    root=tmp_path / "cache")
     tok = got.tokenizer
+    assert (tok.normalizer is not None) == lowercase
     doc = tok.token_to_id(DOC)
     expected = np.concatenate([encode(tok, read_text(a)), [doc], encode(tok, read_text(b))])
     assert np.array_equal(np.asarray(got.train), expected)
     assert got.characters == 2 * len(read_text(a))
-    assert got.train.dtype == np.uint8 if tok.get_vocab_size() <= 256 else np.uint16
+    assert got.train.dtype == (np.uint8 if tok.get_vocab_size() <= 256 else np.uint16)
 
 
 def test_cache_is_reused_when_unchanged_and_rebuilt_when_a_file_changes(tmp_path):
@@ -96,3 +84,27 @@ def test_id_dtype_is_sized_to_the_vocabulary():
 def test_streamed_char_vocabulary_equals_one_pass_vocabulary():
     pieces = [TEXT[i : i + 13] for i in range(0, len(TEXT), 13)]
     assert build_tokenizer(pieces, "char").get_vocab() == build_tokenizer([TEXT], "char").get_vocab()
+
+
+def test_every_tokenizer_setting_and_the_scheme_key_the_cache(tmp_path, monkeypatch):
+    import textgen.corpus_cache as module
+
+    a = write(tmp_path / "a.txt", TEXT)
+    root = tmp_path / "cache"
+    first = token_ids([a], [], TokenizerConfig(level="word"), root=root)
+    folded = token_ids([a], [], TokenizerConfig(level="word", lowercase=True), root=root)
+    assert not folded.reused and folded.folder != first.folder
+    assert "hello" in folded.tokenizer.get_vocab() and "Hello" not in folded.tokenizer.get_vocab()
+    monkeypatch.setattr(module, "SCHEME", module.SCHEME + 1)  # build_tokenizer makes other tokens
+    assert not token_ids([a], [], TokenizerConfig(level="word"), root=root).reused
+
+
+def test_word_vocabulary_coverage_is_counted_once_and_kept_in_the_manifest(tmp_path):
+    text = "a a a a b b b c c d"  # capped at 5: "a" and " d" become [UNK], 2 of 10 tokens
+    a = write(tmp_path / "a.txt", text)
+    settings, root = TokenizerConfig(level="word", vocab_size=5), tmp_path / "cache"
+    built = token_ids([a], [], settings, root=root)
+    assert built.unknown == 2 and len(built.train) == 10
+    again = token_ids([a], [], settings, root=root)
+    assert again.reused and again.unknown == 2
+    assert again.coverage_line() == "Vocabulary 5 covers 80.0 % of word tokens (2 [UNK] in 10)"

@@ -4,34 +4,11 @@ import numpy as np
 import pytest
 
 from textgen.config import TextgenError
-from textgen.data import StreamLayout, load_corpus, make_stream_dataset, read_text, resolve_paths, split_ids
+from textgen.data import StreamLayout, make_stream_dataset, resolve_paths, split_ids
+from textgen.text import read_text
 
 
-def test_bom_is_dropped_and_crlf_becomes_lf(tmp_path):
-    path = tmp_path / "a.txt"
-    path.write_bytes("\ufeffline one\r\nline two\r\n".encode("utf-8"))
-    assert read_text(path) == "line one\nline two\n"
-
-
-def test_nul_bytes_are_refused_with_their_offset(tmp_path):
-    path = tmp_path / "bin.txt"
-    path.write_bytes(b"hello\x00world")
-    with pytest.raises(TextgenError, match="NUL byte at offset 5"):
-        read_text(path)
-
-
-def test_invalid_utf8_is_refused_with_its_offset_and_encoding_flag_reads_it(tmp_path):
-    path = tmp_path / "latin.txt"
-    path.write_bytes("caf\u00e9 ok".encode("latin-1"))
-    with pytest.raises(TextgenError, match="byte offset 3"):
-        read_text(path)
-    assert read_text(path, "latin-1") == "caf\u00e9 ok"
-
-
-def test_empty_file_and_missing_path_are_refused(tmp_path):
-    (tmp_path / "empty.txt").write_text("")
-    with pytest.raises(TextgenError, match="empty"):
-        read_text(tmp_path / "empty.txt")
+def test_missing_path_is_refused(tmp_path):
     with pytest.raises(TextgenError, match="no such file"):
         resolve_paths([str(tmp_path / "missing.txt")])
 
@@ -40,9 +17,7 @@ def test_folder_is_read_in_sorted_order_and_needs_txt_files(tmp_path):
     (tmp_path / "b.txt").write_text("second")
     (tmp_path / "a.txt").write_text("first")
     (tmp_path / "notes.md").write_text("ignored")
-    corpus = load_corpus([str(tmp_path)])
-    assert corpus.text == "first\nsecond"
-    assert [s["file"] for s in corpus.sources] == ["a.txt", "b.txt"]
+    assert resolve_paths([str(tmp_path)]) == [tmp_path / "a.txt", tmp_path / "b.txt"]
     empty = tmp_path / "empty_dir"
     empty.mkdir()
     with pytest.raises(TextgenError, match="no files matching"):
@@ -57,15 +32,18 @@ def test_existing_path_wins_over_corpus_name(tmp_path, monkeypatch):
 
 def test_pydoc_corpus_is_built_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("TEXTGEN_CACHE_DIR", str(tmp_path))
-    corpus = load_corpus(["pydoc"])
-    assert len(corpus.text) > 100_000 and "assert" in corpus.text
+    [path] = resolve_paths(["pydoc"])
+    text = read_text(path)
+    assert len(text) > 100_000 and "assert" in text
+    assert path == tmp_path / "corpora" / "pydoc_topics.txt"
 
 
 def test_shakespeare_is_fetched_through_the_mirror_with_checksum(shakespeare_mirror, tmp_path):
-    corpus = load_corpus(["shakespeare"])
-    assert len(corpus.text) == 1_115_394
-    assert corpus.text.startswith("First Citizen:")
-    assert (tmp_path / "cache" / "corpora" / "tinyshakespeare.txt").is_file()  # cached for next time
+    [path] = resolve_paths(["shakespeare"])
+    text = read_text(path)
+    assert len(text) == 1_115_394
+    assert text.startswith("First Citizen:")
+    assert path == tmp_path / "cache" / "corpora" / "tinyshakespeare.txt"  # cached for next time
 
 
 def test_stream_batches_shift_by_one_and_continue_each_other():

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import TINY, make_text
 from textgen import distribute
-from textgen.checkpoint import load_resume_state
+from textgen.resume import load_resume_state
 from textgen.config import TextgenError
 
 RUN = Path(__file__).with_name("distributed_run.py")

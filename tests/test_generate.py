@@ -1,3 +1,6 @@
+import json
+import re
+
 import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -51,9 +54,9 @@ def test_stop_strings_end_the_text_where_they_first_appear(tiny_generator):
     free = tiny_generator.generate(prime="The", length=150, seed=5)
     continuation = free[3:]
     stop = next(s for s in (" a", "a", " ") if s in continuation)
-    cut = tiny_generator.generate(prime="The", length=150, seed=5, stop=[stop, "no such stop"])
-    assert cut == "The" + continuation[: continuation.index(stop)]
-    assert list(tiny_generator.stream(prime="The", length=150, seed=5, stop=stop))[-1] != stop
+    expected = "The" + continuation[: continuation.index(stop)]
+    assert tiny_generator.generate(prime="The", length=150, seed=5, stop=[stop, "no such stop"]) == expected
+    assert "".join(tiny_generator.stream(prime="The", length=150, seed=5, stop=stop)) == expected
 
 
 def test_max_chars_and_greedy_controls(tiny_generator):
@@ -65,15 +68,22 @@ def test_max_chars_and_greedy_controls(tiny_generator):
         tiny_generator.generate(prime="The", length=40, seed=9)
 
 
+def test_top_k_0_is_off_and_the_largest_seed_works(tiny_generator):
+    free = tiny_generator.generate(prime="The", length=40, seed=2**63 - 1)
+    assert tiny_generator.generate(prime="The", length=40, seed=2**63 - 1, top_k=0) == free
+    assert tiny_generator.sample(prime="The", num_samples=2, length=40, seed=2**63 - 1)[0] == free
+
+
 def test_unknown_prime_characters_are_named(tiny_generator):
     with pytest.raises(TextgenError, match="'Z'.*'#'|'#'.*'Z'"):
         tiny_generator.generate(prime="Z#", length=5)
 
 
 @pytest.mark.parametrize("controls, word", [
-    (dict(length=0), "length"), (dict(temperature=-0.5), "temperature"), (dict(top_k=0), "top_k"),
+    (dict(length=0), "length"), (dict(temperature=-0.5), "temperature"), (dict(top_k=-1), "top_k"),
     (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(repetition_penalty=0), "repetition_penalty"),
     (dict(length=None), "max_chars"), (dict(max_chars=0), "max_chars"), (dict(temperature=float("nan")), "temperature"),
+    (dict(seed=2**63), "seed"), (dict(temprature=0.5), "unknown control 'temprature'"),
 ])
 def test_bad_controls_are_refused(tiny_generator, controls, word):
     with pytest.raises(TextgenError, match=word):
@@ -100,13 +110,43 @@ def word_generator(tmp_path_factory):
 def test_word_level_pieces_join_into_natural_text(word_generator):
     text = "The cat sat.\nA dog ran to it.\nMat"  # only tokens the tiny vocabulary has
     ids = encode(word_generator.tokenizer, text)
-    pieces = _PieceDecoder(word_generator.tokenizer, 1)
+    pieces = _PieceDecoder(word_generator.tokenizer, 1, word_generator._piece_table)
     assert "".join(pieces.pieces(np.array([i]))[0] for i in ids) == decode(word_generator.tokenizer, ids) == text
     out = word_generator.generate(prime="The cat", length=60, seed=1)
     assert "[UNK]" not in out and out.startswith("The cat")
     streamed = list(word_generator.stream(prime="The cat", length=60, seed=1))
     vocab = word_generator.tokenizer.get_vocab()
     assert "".join(streamed) == out and all(p in vocab for p in streamed[1:])  # tokens joined by nothing
+
+
+def letter_runs(text: str) -> list[str]:
+    return re.findall(r"[^\W\d_]+", text)
+
+
+def test_word_level_text_never_glues_two_words(word_generator):
+    words = set(letter_runs(make_text()))  # the corpus: words separated by spaces, lines by newlines
+    samples = word_generator.sample(prime="The cat", num_samples=8, length=200, temperature=2.0, seed=3)
+    assert {w for sample in samples for w in letter_runs(sample)} <= words  # no "catThe": only corpus words
+
+
+def test_a_bundle_with_the_legacy_word_tokenizer_loads_and_generates(tmp_path):
+    import textgen
+    from textgen.corpus_cache import sha256_file
+    from tests.test_tokenizer import legacy_word_tokenizer
+
+    corpus = tmp_path / "words.txt"
+    corpus.write_text(make_text(), encoding="utf-8")
+    bundle = textgen.train(str(corpus), checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs",
+                           level="word", vocab_size=16, max_steps=3, **TINY)
+    # What textgen wrote before words carried their space: the same vocabulary size, old tokens.
+    legacy_word_tokenizer([make_text()], vocab_size=16).save(str(bundle / "tokenizer.json"))
+    document = json.loads((bundle / "config.json").read_text())
+    document["files"]["tokenizer.json"] = sha256_file(bundle / "tokenizer.json")
+    (bundle / "config.json").write_text(json.dumps(document))
+    generator = textgen.load(bundle)
+    assert " " in generator.tokenizer.get_vocab() and " cat" not in generator.tokenizer.get_vocab()
+    text = generator.generate(prime="the cat", length=100, temperature=2.0, seed=0)
+    assert text.startswith("the cat") and set(letter_runs(text)) <= set(letter_runs(make_text()))
 
 
 def test_byte_level_tokens_are_decoded_incrementally_without_broken_characters():
@@ -117,7 +157,7 @@ def test_byte_level_tokens_are_decoded_incrementally_without_broken_characters()
     tokenizer.train_from_iterator([text], trainers.BpeTrainer(vocab_size=280, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     ids = tokenizer.encode(text).ids
     assert len(ids) > 10
-    decoder = _PieceDecoder(tokenizer, 2)
+    decoder = _PieceDecoder(tokenizer, 2, _PieceDecoder.piece_table(tokenizer))
     pieces = [decoder.pieces(np.array([i, i])) for i in ids]  # two samples, same ids
     assert "".join(p[0] for p in pieces) == "".join(p[1] for p in pieces) == tokenizer.decode(ids) == text
     assert not any("\ufffd" in p[0] for p in pieces)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from textgen.config import ModelConfig
 from textgen.model import build_model, build_stateful_model, copy_weights
@@ -25,3 +26,12 @@ def test_stateful_view_equals_training_model_and_carries_state():
     second = stateful([ids[:, 5:], *[np.asarray(s) for s in first[1:]]])  # carry (h, c) into the next chunk
     chunked = np.concatenate([np.asarray(first[0]), np.asarray(second[0])], axis=1)
     np.testing.assert_allclose(chunked, full, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [
+    CFG,
+    ModelConfig(vocab_size=27, embedding_dim=3, layers=1, units=4, dropout=0.0),
+    ModelConfig(vocab_size=300, embedding_dim=8, layers=3, units=16, dropout=0.0),  # TINY at bpe level
+])
+def test_config_parameter_count_equals_what_keras_builds(cfg):
+    assert cfg.parameter_count() == build_model(cfg).count_params()

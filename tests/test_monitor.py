@@ -67,7 +67,7 @@ def test_grad_norm_is_logged_when_reported_and_best_bits_survive_a_resume(tmp_pa
     """The custom train step will put grad_norm in the batch logs; the callback passes it on."""
     import keras
 
-    from textgen.callbacks import TensorBoardScalars
+    from textgen.monitor import TensorBoardScalars
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")

@@ -99,6 +99,15 @@ def test_stream_i_is_the_same_whatever_the_batch_size_and_block():
     assert not (draws_batch[:, 1] == draws_batch[:, 0]).any()
 
 
+@pytest.mark.parametrize("seed", [0, 2**32, 2**63 - 1])
+def test_every_allowed_seed_gives_reproducible_distinct_streams(seed):
+    a, b = sampler.Streams(seed, 3), sampler.Streams(seed, 3)
+    draws = np.array([a.uniform() for _ in range(10)])  # (10, 3)
+    assert (draws == np.array([b.uniform() for _ in range(10)])).all()
+    assert len({tuple(draws[:, i]) for i in range(3)}) == 3  # (seed, i) differ by i
+    assert not (draws == np.array([sampler.Streams(seed ^ 1, 3).uniform() for _ in range(10)])).all()
+
+
 def feed_all(stop_text, pieces):
     shown = [stop_text.feed(p) for p in pieces]
     return shown + [stop_text.flush()]
@@ -131,3 +140,25 @@ def test_extreme_temperatures_stay_finite():
         assert sampler.sample(logits, np.array([0.999]), temperature=tiny).tolist() == [1]
     picks = {int(sampler.sample(logits, np.array([u]), temperature=1e300)[0]) for u in np.linspace(0, 0.999, 50)}
     assert picks == {0, 1, 3}  # flat over the allowed tokens, never the filtered one
+
+
+# Vocabulary of four tokens: 0 "the" (word at both ends), 1 " cat" (ends with one),
+# 2 "," (neither), 3 "Dog" (word at both ends).
+ENDS_WORD = np.array([True, True, False, True])
+STARTS_WORD = np.array([True, False, False, True])
+
+
+def test_glue_rule_refuses_a_word_start_after_a_word_end():
+    logits = np.eye(4, dtype=np.float32)[[3, 3, 0]] * 1e9  # (3, 4): every row favours a word start
+    previous = np.array([0, 2, 1])  # after "the", after ",", after " cat"
+    out = sampler.forbid_glue(logits, previous, ENDS_WORD, STARTS_WORD)
+    assert np.isneginf(out[[0, 0, 2, 2], [0, 3, 0, 3]]).all()  # refused after a word end
+    assert out[1].tolist() == logits[1].tolist()  # after punctuation anything goes
+    assert out[0, 1] == 0 and out[0, 2] == 0  # " cat" and "," stay
+    assert sampler.greedy(out).tolist() == [1, 3, 1]  # the best token left: " cat" (a tie with ",")
+
+
+def test_glue_rule_leaves_a_row_alone_when_it_would_refuse_everything():
+    logits = np.array([[0.0, -np.inf, -np.inf, 1e9]], np.float32)  # only word starts left
+    out = sampler.forbid_glue(logits, np.array([0]), ENDS_WORD, STARTS_WORD)
+    assert out.tolist() == logits.tolist()

@@ -77,7 +77,7 @@ class StopAt(__import__("keras").callbacks.Callback):
 def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path):
     import numpy as np
 
-    from textgen.checkpoint import load_resume_state
+    from textgen.resume import load_resume_state
 
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(300), encoding="utf-8")

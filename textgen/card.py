@@ -10,13 +10,15 @@ It is written atomically (temporary file, fsync, rename) like the bundle's other
 
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from textgen.atomic import write_text_atomic
+from textgen.bundle import bundle_info
+from textgen.config import train_options
 
 CARD_FILE = "README.md"
-_NOT_SHOWN = {"corpus", "options", "callbacks"}  # train() arguments a call cannot show as keywords
 
 
 class Clock:
@@ -30,15 +32,13 @@ class Clock:
         return self.carried + time.monotonic() - self.start
 
 
-def train_call(function: Callable, arguments: dict[str, Any]) -> str:
-    """`textgen.train(...)` as called: the corpus and every argument that differs from its default.
+def train_call(corpus: str | Path | list, options: dict[str, Any]) -> str:
+    """`textgen.train(...)` as called: the corpus and every option that differs from its default.
 
-    `arguments` is train()'s locals() at entry (its parameters, **options included).
+    `options` is train()'s **options (callbacks are not shown: a call cannot spell them).
     """
-    defaults = {name: p.default for name, p in inspect.signature(function).parameters.items()}
-    shown = {k: v for k, v in arguments.items() if k in defaults and k not in _NOT_SHOWN and v != defaults[k]}
-    shown |= dict(arguments.get("options") or {})
-    corpus = arguments["corpus"]
+    defaults = {o.name: o.default for o in train_options()}
+    shown = {k: v for k, v in options.items() if k not in defaults or v != defaults[k]}
     corpus = [str(c) for c in corpus] if isinstance(corpus, (list, tuple)) else str(corpus)
     parts = [repr(corpus)] + [f"{k}={_literal(v)}" for k, v in sorted(shown.items())]
     return f"textgen.train({', '.join(parts)})"
@@ -50,15 +50,13 @@ def _literal(value: Any) -> str:
 
 def write_card(bundle_dir: Path, trained_by: list[str], seconds: float) -> Path:
     """Write (or replace) the bundle's README.md from its config.json; return its path."""
-    from textgen.checkpoint import bundle_info, write_text_atomic
-
     path = Path(bundle_dir) / CARD_FILE
     write_text_atomic(path, render(bundle_info(bundle_dir), trained_by, seconds))
     return path
 
 
 def render(info: dict[str, Any], trained_by: list[str], seconds: float) -> str:
-    """The card's Markdown from `checkpoint.bundle_info` and the training calls and time."""
+    """The card's Markdown from `bundle.bundle_info` and the training calls and time."""
     m, t, corpus = info["config"]["model"], info["config"]["train"], info["corpus"]
     bits = info["best_val_bits_per_char"]
     best = "no validation yet" if info["best_val_loss"] is None else f"{info['best_val_loss']:.4f} nats/token"
@@ -72,7 +70,8 @@ def render(info: dict[str, Any], trained_by: list[str], seconds: float) -> str:
         "|---|---|",
         f"| model | LSTM cell, {m['layers']} layers x {m['units']} units, embedding {m['embedding_dim']}, "
         f"{info['parameters']:,} parameters |",
-        f"| tokens | {info['level']} level, vocabulary {info['vocab_size']:,} |",
+        f"| tokens | {info['level']} level, vocabulary {info['vocab_size']:,}"
+        f"{', lowercased' if info['config']['tokenizer'].get('lowercase') else ''} |",
         f"| training | step {_count(info['step'])} (epoch {_count(info['epoch'])}), {_duration(seconds)} of training; "
         f"batch {t['batch_size']} x {t['seq_len']}, learning rate {t['learning_rate']}, seed {t['seed']} |",
         f"| best validation | {best} |",

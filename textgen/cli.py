@@ -9,14 +9,14 @@ training finishes the step, saves, prints how to resume and exits 130 or 143.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 from typing import Any, Sequence
 
 from textgen import __version__, export
-from textgen.config import GENERATE_LENGTH, LEVELS, MAX_SEED, Interrupted, ModelConfig, TextgenError, TokenizerConfig, TrainConfig
+from textgen.config import Interrupted, TextgenError, TrainOption, train_options
+from textgen.controls import RULES, Rule
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -36,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse: --help, --version and usage errors
         return int(exit_.code or 0)
-    _quiet_tensorflow(args.verbose)
+    if args.run is not _run_info:  # info reads config.json only: no TensorFlow to start
+        _quiet_tensorflow(args.verbose)
     try:
         return args.run(args)
     except Interrupted as stop:  # Ctrl-C/SIGTERM during training: work saved, say how to resume
@@ -48,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ntextgen: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as err:  # a bug: one line unless --verbose asks for the traceback
-        if args.verbose:
+    except BaseException as err:  # a bug, or a Rust panic in `tokenizers` (a BaseException): one line
+        if args.verbose or not (isinstance(err, Exception) or type(err).__name__ == "PanicException"):
             raise
         print(f"textgen: internal error: {type(err).__name__}: {err} (--verbose shows the traceback)",
               file=sys.stderr)
@@ -73,63 +74,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _defaults(section: type) -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(section)}
-
-
 def _add_train(p: argparse.ArgumentParser) -> None:
-    # Options default to "not given" (SUPPRESS) so a resumed run can tell a flag the user
-    # typed from a default; the defaults shown come from the config dataclasses.
-    d = {**_defaults(TokenizerConfig), **_defaults(ModelConfig), **_defaults(TrainConfig)}
-
-    def option(group, flag: str, help: str, **kwargs):
-        key = flag[2:].replace("-", "_")
-        shown = f" (default: {d[key]})" if d.get(key) is not None else ""
-        group.add_argument(flag, default=argparse.SUPPRESS, help=help + shown, **kwargs)
-
     p.add_argument("corpus", nargs="+", metavar="CORPUS",
                    help="text file(s), a folder of .txt files, or a known corpus name (shakespeare, pydoc)")
-    p.add_argument("--glob", default="*.txt", help="files of a folder to read; '**/*.txt' recurses (default: %(default)s)")
-    g = p.add_argument_group("tokens")
-    option(g, "--level", "token level", choices=LEVELS)
-    option(g, "--vocab-size", "word/bpe vocabulary size", type=int)
-    option(g, "--encoding", "corpus encoding")
-    g = p.add_argument_group("model")
-    option(g, "--layers", "LSTM layers", type=int)
-    option(g, "--units", "units per LSTM layer", type=int)
-    option(g, "--embedding-dim", "token embedding width", type=int)
-    option(g, "--dropout", "dropout between layers", type=float)
-    g = p.add_argument_group("training")
-    option(g, "--seq-len", "tokens per sequence (state is carried across sequences)", type=int)
-    option(g, "--batch-size", "sequences (contiguous streams) per step", type=int)
-    option(g, "--learning-rate", "Adam's peak rate; cosine decay to 0.1x over the budget", type=float)
-    option(g, "--clip-norm", "global gradient-norm cap", type=float)
-    option(g, "--epochs", "at most this many passes", type=int)
-    option(g, "--max-steps", "stop after this many optimizer steps", type=int)
-    option(g, "--max-minutes", "wall-time budget, validation included", type=float)
-    option(g, "--val-fraction", "held-out tail of the corpus", type=float)
-    option(g, "--patience", "validations without improvement before stopping", type=int)
-    option(g, "--seed", "initial weights and dropout", type=int)
-    option(g, "--checkpoint-every", "steps between resume states (default: about every 5 minutes)", type=int)
-    g.add_argument("--val-file", default=None, help="validate on this file instead of the corpus tail")
-    g = p.add_argument_group("devices")
-    g.add_argument("--strategy", default="default", choices=["auto", "default", "mirrored", "multi-worker"],
-                   help="tf.distribute strategy; --batch-size is the global batch (default: %(default)s)")
-    g.add_argument("--mixed-precision", action="store_true",
-                   help="compute in float16 on GPUs, bfloat16 elsewhere; weights stay float32")
-    g = p.add_argument_group("output")
-    g.add_argument("--name", default=None, help="run name (default: the corpus file's stem)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing run of that name")
-    g.add_argument("--resume", action="store_true", help="continue run NAME where it stopped")
-    g.add_argument("--init-from", default=None, metavar="BUNDLE",
-                   help="start from a bundle's weights and tokenizer (fine-tune on a new corpus)")
-    g.add_argument("--checkpoint-dir", default="checkpoints", help="bundles go in DIR/NAME (default: %(default)s)")
-    g.add_argument("--log-dir", default="runs", help="TensorBoard logs go in DIR/NAME (default: %(default)s)")
-    g.add_argument("--sample-every", type=_positive_int, default=None, metavar="N",
-                   help="also write TensorBoard text samples every N steps (always at epoch ends)")
-    g.add_argument("--no-histograms", dest="histograms", action="store_false",
-                   help="do not write weight histograms at epoch ends")
+    groups: dict[str, Any] = {}
+    for option in train_options():
+        if option.group not in groups:
+            groups[option.group] = p.add_argument_group(option.group)
+        _add_option(groups[option.group], option)
     p.set_defaults(run=_run_train)
+
+
+def _add_option(group, option: TrainOption) -> None:
+    """One train option as a flag. Flags default to "not given" (SUPPRESS), so only typed ones
+    reach `train` (a resumed run tells them from defaults) and the defaults live in config.py."""
+    shown = "" if option.default is None or option.kind is bool else f" (default: {option.default})"
+    if option.kind is bool:
+        kwargs = {"action": "store_false" if option.default else "store_true", "dest": option.name}
+    else:
+        kwargs = {"type": option.kind, "choices": option.choices, "metavar": option.metavar}
+    group.add_argument(option.flag, default=argparse.SUPPRESS, help=option.help + shown, **kwargs)
 
 
 def _add_generate(p: argparse.ArgumentParser) -> None:
@@ -140,25 +104,47 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
     prime.add_argument("--prime-file", default=None, help="read the prime from this UTF-8 file")
     prime.add_argument("--interactive", action="store_true",
                        help="read a prime per line from stdin and answer each with a continuation, until EOF")
-    g = p.add_argument_group("length")
-    g.add_argument("--length", type=_positive_int, default=None,
-                   help=f"tokens to generate (default: {GENERATE_LENGTH}; unlimited when --max-chars is given)")
-    g.add_argument("--max-chars", type=_positive_int, default=None, help="end each sample after this many characters")
-    g.add_argument("--stop", action="append", default=[], metavar="STRING",
-                   help="end a sample where STRING appears (not printed); repeatable")
-    g = p.add_argument_group("sampling")
-    g.add_argument("--temperature", type=_non_negative_float, default=1.0,
-                   help="randomness; 0 = always the most likely token (default: %(default)s)")
-    g.add_argument("--top-k", type=_positive_int, default=None, help="sample among the K most likely tokens")
-    g.add_argument("--top-p", type=_probability, default=None,
-                   help="sample among the most likely tokens whose probabilities add up to P (nucleus)")
-    g.add_argument("--repetition-penalty", type=_positive_float, default=None,
-                   help="> 1 discourages tokens seen in the last 64 (CTRL's penalty); 1 = off")
-    g.add_argument("--seed", type=_seed, default=None, help="same seed, same text")
+    _add_controls(p)
     g = p.add_argument_group("output")
     g.add_argument("--num-samples", type=_positive_int, default=1, help="samples generated as one batch (default: 1)")
     g.add_argument("--json", action="store_true", help="print a JSON list of the samples")
     p.set_defaults(run=_run_generate)
+
+
+def _add_controls(p: argparse.ArgumentParser) -> None:
+    """One flag per decoding control: type, limits, default and help read from its Rule.
+
+    A flag not given stays out of the namespace, so the control's own default applies.
+    """
+    groups: dict[str, Any] = {}
+    for rule in RULES.values():
+        if rule.group not in groups:
+            groups[rule.group] = p.add_argument_group(rule.group)
+        flag = "--" + rule.name.replace("_", "-")
+        shown = f" (default: {rule.default})" if rule.default not in (None, ()) else ""
+        help = rule.help + _CLI_DEFAULTS.get(rule.name, shown)
+        if rule.repeated:
+            groups[rule.group].add_argument(flag, action="append", default=argparse.SUPPRESS,
+                                            metavar=rule.metavar, help=help + "; repeatable")
+        else:
+            groups[rule.group].add_argument(flag, type=_flag_type(rule), default=argparse.SUPPRESS,
+                                            metavar=rule.metavar, help=help)
+
+
+# The command's own defaults, where they differ from the Python API's.
+_CLI_DEFAULTS = {"length": f" (default: {RULES['length'].default}; unlimited when --max-chars is given)"}
+
+
+def _flag_type(rule: Rule):
+    """argparse's type for a control: the text parsed as int or float, then checked by the rule."""
+    def parse(text: str):
+        value = rule.kind(text)  # a ValueError reads "invalid int value: 'x'"
+        if not rule.accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {rule.describe()}, not {text}")
+        return value
+
+    parse.__name__ = rule.kind.__name__
+    return parse
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
@@ -178,6 +164,14 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name (or address) clients reach this server by, besides localhost; repeatable; "
+                        "required with --host 0.0.0.0")
+    p.add_argument("--max-queue", type=_positive_int, default=None, metavar="N",
+                   help="requests that may wait for the model; past it: 503 with Retry-After "
+                        "(default: twice the batch, 64)")
+    p.add_argument("--request-timeout", type=_positive_float, default=60.0, metavar="SECONDS",
+                   help="longest a request may wait and generate; past it: 504 (default: %(default)s)")
     p.set_defaults(run=_run_serve)
 
 
@@ -195,46 +189,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _seed(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}, not {value}")
-    return value
-
-
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
     return value
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"must be 0 or positive, not {text}")
-    return value
-
-
-_NOT_OPTIONS = {"corpus", "name", "overwrite", "resume", "init_from", "checkpoint_dir", "log_dir",
-                "val_file", "glob", "verbose", "run", "sample_every", "histograms"}
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from textgen.training import train
 
-    options = {k: v for k, v in vars(args).items() if k not in _NOT_OPTIONS}
-    train(args.corpus, name=args.name, overwrite=args.overwrite, resume=args.resume, init_from=args.init_from,
-          checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir, val_file=args.val_file, glob=args.glob,
-          sample_every=args.sample_every, histograms=args.histograms, **options)
+    train(args.corpus, **train_keywords(args))
     return 0
+
+
+def train_keywords(args: argparse.Namespace) -> dict[str, Any]:
+    """The train options typed on the command line, as `textgen.train` keywords."""
+    names = {option.name for option in train_options()}
+    return {key: value for key, value in vars(args).items() if key in names}
 
 
 def _run_generate(args: argparse.Namespace) -> int:
@@ -242,11 +214,9 @@ def _run_generate(args: argparse.Namespace) -> int:
 
     prime = _read_prime(args)  # bad prime files fail before the model loads
     generator = load(args.bundle)
-    options = dict(length=args.length, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed,
-                   max_chars=args.max_chars)
-    if options["length"] is None and args.max_chars is None:
-        options["length"] = GENERATE_LENGTH
+    options = {name: getattr(args, name) for name in RULES if hasattr(args, name)}  # the flags given
+    if "max_chars" in options and "length" not in options:
+        options["length"] = None  # only --max-chars: no token limit
     if args.interactive:
         return _interactive(generator, options)
     if args.num_samples == 1 and not args.json:
@@ -267,7 +237,7 @@ def _read_prime(args: argparse.Namespace) -> str:
         return args.prime or ""
     from pathlib import Path
 
-    from textgen.data import read_text
+    from textgen.text import read_text
 
     return read_text(Path(args.prime_file), "utf-8")
 
@@ -333,7 +303,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from textgen.checkpoint import bundle_info
+    from textgen.bundle import bundle_info
 
     info = bundle_info(args.bundle)
     if args.json:
@@ -367,9 +337,10 @@ def _count(value: Any) -> str:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from textgen.serve import serve
+    from textgen.serve import Limits, serve
 
-    serve(args.bundle, host=args.host, port=args.port)
+    serve(args.bundle, host=args.host, port=args.port, allowed_hosts=args.allowed_host,
+          limits=Limits(max_queue=args.max_queue, request_timeout=args.request_timeout))
     return 0
 
 

@@ -1,8 +1,12 @@
-"""Every hyperparameter of a run, as typed dataclasses.
+"""Every hyperparameter and run setting, as typed dataclasses.
 
 One `Config` travels from the command line to the model and into the bundle's
 `config.json`; loading a bundle rebuilds it with `Config.from_dict`, which checks
 every key, type and range, so a bundle can only describe models textgen makes.
+`RunConfig` holds how one training invocation runs (folders, devices, what it shows);
+it is never saved. Each field that is a train option says so with `option(...)`: its
+--help line and whether it may change on --resume. `train_options()` lists them all,
+and the `textgen train` flags and the `textgen.train(...)` keywords come from it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ LEVELS = ("char", "word", "bpe")
 # accept (a 2**32 seed or a 2**64 vocabulary would crash them with a traceback).
 MAX_SEED = 2**32 - 1
 MAX_COUNT = 2**31 - 1
-GENERATE_LENGTH = 200  # tokens generated when no length (and no character cap) is given
+STRATEGIES = ("auto", "default", "mirrored", "multi-worker")  # --strategy (see textgen.distribute)
 
 
 class TextgenError(Exception):
@@ -39,20 +43,37 @@ class ConfigError(TextgenError, ValueError):
     """A configuration value is unknown, of the wrong type or out of range."""
 
 
+def option(default: Any, help: str, *, resumable: bool = False, group: str | None = None,
+           choices: tuple | None = None, metavar: str | None = None) -> Any:
+    """A dataclass field that is also a train option: a `textgen train` flag and a `textgen.train` keyword.
+
+    Args:
+        help: its --help line.
+        resumable: whether a resumed run may change it (how long a run goes on, not what it is).
+        group: its --help section (default: its config section's).
+        choices, metavar: as argparse takes them.
+    """
+    return field(default=default, metadata={"help": help, "resumable": resumable, "group": group,
+                                            "choices": choices, "metavar": metavar})
+
+
 @dataclass(frozen=True)
 class TokenizerConfig:
     """How text becomes token ids."""
 
-    level: str = "char"  # char: every character; word: words, punctuation, whitespace runs; bpe: byte-level BPE
-    vocab_size: int = 20_000  # word and bpe vocabulary size (char level keeps every character seen)
-    encoding: str = "utf-8"  # how corpus files are decoded
+    # char: every character; word: words and punctuation with their space; bpe: byte-level BPE
+    level: str = option("char", "token level", choices=LEVELS)
+    vocab_size: int = option(20_000, "word/bpe vocabulary size")  # char level keeps every character seen
+    encoding: str = option("utf-8", "corpus encoding")  # how corpus files are decoded
+    # a Lowercase normalizer inside tokenizer.json
+    lowercase: bool = option(False, "fold case: the model reads and writes lowercase text")
 
     def validate(self) -> None:
-        _check(self.level in LEVELS, f"level must be one of {', '.join(LEVELS)}, not {self.level!r}")
-        _check(2 <= self.vocab_size <= 10**7, "vocab_size must be in 2..10000000")
-        _check(self.level != "bpe" or self.vocab_size >= 258,
-               "vocab_size must be at least 258 at bpe level (256 bytes and 2 special tokens)")
-        _check(_is_text_encoding(self.encoding), f"unknown text encoding {self.encoding!r}")
+        require(self.level in LEVELS, f"level must be one of {', '.join(LEVELS)}, not {self.level!r}")
+        require(2 <= self.vocab_size <= 10**7, "vocab_size must be in 2..10000000")
+        require(self.level != "bpe" or self.vocab_size >= 258,
+                "vocab_size must be at least 258 at bpe level (256 bytes and 2 special tokens)")
+        require(_is_text_encoding(self.encoding), f"unknown text encoding {self.encoding!r}")
 
 
 @dataclass(frozen=True)
@@ -60,17 +81,17 @@ class ModelConfig:
     """The network: embedding -> stacked LSTM -> dense logits over the vocabulary."""
 
     vocab_size: int = 0  # set from the tokenizer once it is built (0 = not yet known)
-    embedding_dim: int = 64  # small: a char vocabulary has ~65 symbols, the LSTM does the work
-    layers: int = 2  # two layers learn better text than one at the same CPU budget
-    units: int = 256  # per LSTM layer; 2x256 trains ~6,000 tokens/s on a busy 2-core CPU
-    dropout: float = 0.25  # between layers; 1 MB overfits within 10 CPU-minutes at 0.1 (bench/quality.py)
+    embedding_dim: int = option(64, "token embedding width")  # small: ~65 chars, the LSTM does the work
+    layers: int = option(2, "LSTM layers")  # two layers learn better text than one at the same CPU budget
+    units: int = option(256, "units per LSTM layer")  # 2x256 trains ~6,000 tokens/s on a busy 2-core CPU
+    dropout: float = option(0.25, "dropout between layers")  # 1 MB overfits in 10 CPU-minutes at 0.1 (bench/quality.py)
 
     def validate(self) -> None:
-        _check(0 <= self.vocab_size <= 10**7 and self.vocab_size != 1, "vocab_size must be in 2..10000000")
-        _check(1 <= self.embedding_dim <= 65_536, "embedding_dim must be in 1..65536")
-        _check(1 <= self.layers <= 16, "layers must be in 1..16")
-        _check(1 <= self.units <= 65_536, "units must be in 1..65536")
-        _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        require(0 <= self.vocab_size <= 10**7 and self.vocab_size != 1, "vocab_size must be in 2..10000000")
+        require(1 <= self.embedding_dim <= 65_536, "embedding_dim must be in 1..65536")
+        require(1 <= self.layers <= 16, "layers must be in 1..16")
+        require(1 <= self.units <= 65_536, "units must be in 1..65536")
+        require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
 
     def parameter_count(self) -> int:
         """Numbers in the network's weights, from the config alone (checked before building).
@@ -87,32 +108,35 @@ class ModelConfig:
 class TrainConfig:
     """The optimisation: data windows, optimiser, stopping rules."""
 
-    seq_len: int = 64  # tokens per step and stream; state carries on, so short is cheap context
-    batch_size: int = 32  # contiguous streams; small batches mean more updates per CPU-minute
-    learning_rate: float = 4e-3  # Adam's peak; cosine decay to 0.1x over the budget
-    clip_norm: float = 1.0  # global gradient-norm clipping keeps LSTM updates stable
-    epochs: int = 50  # upper bound; early stopping or --max-minutes usually ends sooner
-    max_steps: int | None = None  # stop after this many optimiser steps
-    max_minutes: float | None = None  # wall-time budget from the first step, validation included
-    val_fraction: float = 0.05  # the last 5% of the corpus is held out for validation
-    patience: int = 3  # validations without improvement before stopping
-    seed: int = 0  # initial weights and dropout derive from it
-    checkpoint_every: int | None = None  # steps between resume states (None: about every 5 minutes)
+    # Steps carry state on, so a short window is cheap context; small batches give more updates per CPU-minute.
+    seq_len: int = option(64, "tokens per sequence (state is carried across sequences)")
+    batch_size: int = option(32, "sequences (contiguous streams) per step")
+    learning_rate: float = option(4e-3, "Adam's peak rate; cosine decay to 0.1x over the budget")
+    clip_norm: float = option(1.0, "global gradient-norm cap")  # keeps LSTM updates stable
+    # The budget: a resumed run may change it. Early stopping or --max-minutes usually ends before --epochs.
+    epochs: int = option(50, "at most this many passes", resumable=True)
+    max_steps: int | None = option(None, "stop after this many optimizer steps", resumable=True)
+    max_minutes: float | None = option(None, "wall-time budget, validation included", resumable=True)
+    val_fraction: float = option(0.05, "held-out tail of the corpus")
+    patience: int = option(3, "validations without improvement before stopping", resumable=True)
+    seed: int = option(0, "initial weights and dropout")
+    checkpoint_every: int | None = option(None, "steps between resume states (default: about every 5 minutes)",
+                                          resumable=True)
 
     def validate(self) -> None:
-        _check(1 <= self.seq_len <= 1 << 20, "seq_len must be in 1..1048576")
-        _check(1 <= self.batch_size <= 1 << 20, "batch_size must be in 1..1048576")
-        _check(0 < self.learning_rate < math.inf, "learning_rate must be positive and finite")
-        _check(0 < self.clip_norm < math.inf, "clip_norm must be positive and finite")
-        _check(1 <= self.epochs <= MAX_COUNT, f"epochs must be in 1..{MAX_COUNT}")
-        _check(self.max_steps is None or 1 <= self.max_steps <= MAX_COUNT,
-               f"max_steps must be in 1..{MAX_COUNT}")
-        _check(self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive")
-        _check(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
-        _check(1 <= self.patience <= MAX_COUNT, f"patience must be in 1..{MAX_COUNT}")
-        _check(0 <= self.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED}")
-        _check(self.checkpoint_every is None or 1 <= self.checkpoint_every <= MAX_COUNT,
-               f"checkpoint_every must be in 1..{MAX_COUNT}")
+        require(1 <= self.seq_len <= 1 << 20, "seq_len must be in 1..1048576")
+        require(1 <= self.batch_size <= 1 << 20, "batch_size must be in 1..1048576")
+        require(0 < self.learning_rate < math.inf, "learning_rate must be positive and finite")
+        require(0 < self.clip_norm < math.inf, "clip_norm must be positive and finite")
+        require(1 <= self.epochs <= MAX_COUNT, f"epochs must be in 1..{MAX_COUNT}")
+        require(self.max_steps is None or 1 <= self.max_steps <= MAX_COUNT,
+                f"max_steps must be in 1..{MAX_COUNT}")
+        require(self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive")
+        require(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
+        require(1 <= self.patience <= MAX_COUNT, f"patience must be in 1..{MAX_COUNT}")
+        require(0 <= self.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED}")
+        require(self.checkpoint_every is None or 1 <= self.checkpoint_every <= MAX_COUNT,
+                f"checkpoint_every must be in 1..{MAX_COUNT}")
 
 
 @dataclass(frozen=True)
@@ -142,21 +166,116 @@ class Config:
     @classmethod
     def from_dict(cls, data: Any) -> "Config":
         """Rebuild and validate a Config from plain JSON data; unknown keys are refused."""
-        _check(isinstance(data, dict), "config must be a JSON object")
-        sections = {"tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainConfig}
+        require(isinstance(data, dict), "config must be a JSON object")
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
-            if key in sections:
-                kwargs[key] = _build(sections[key], value, key)
+            if key in SECTIONS:
+                kwargs[key] = _build(SECTIONS[key], value, key)
             elif key == "name":
-                _check(isinstance(value, str), "name must be a string")
+                require(isinstance(value, str), "name must be a string")
                 kwargs[key] = value
             elif key == "corpus":
-                _check(isinstance(value, dict), "corpus must be an object")
+                require(isinstance(value, dict), "corpus must be an object")
                 kwargs[key] = value
             else:
                 raise ConfigError(f"unknown config key {key!r}")
         return cls(**kwargs).validate()
+
+
+SECTIONS = {"tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainConfig}  # config.json's sections
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How one training invocation runs: what it reads, where it writes, on which devices,
+    what it shows. Not the model: never saved in config.json, so a resumed run may change any
+    of it (the corpus itself is checked by its digest, the replica count by the resume state)."""
+
+    glob: str = option("*.txt", "files of a folder to read; '**/*.txt' recurses", group="corpus")
+    val_file: str | None = option(None, "validate on this file instead of the corpus tail", group="corpus")
+    strategy: str = option("default", "tf.distribute strategy; --batch-size is the global batch",
+                           group="devices", choices=STRATEGIES)
+    mixed_precision: bool = option(False, "compute in float16 on GPUs, bfloat16 elsewhere; weights stay float32",
+                                   group="devices")
+    name: str | None = option(None, "run name (default: the corpus file's stem)", group="output")
+    overwrite: bool = option(False, "replace an existing run of that name", group="output")
+    resume: bool = option(False, "continue run NAME where it stopped", group="output")
+    init_from: str | None = option(None, "start from a bundle's weights and tokenizer (fine-tune on a new corpus)",
+                                   group="output", metavar="BUNDLE")
+    checkpoint_dir: str = option("checkpoints", "bundles go in DIR/NAME", group="output")
+    log_dir: str = option("runs", "TensorBoard logs go in DIR/NAME", group="output")
+    sample_every: int | None = option(None, "also write TensorBoard text samples every N steps (always at epoch ends)",
+                                      group="output", metavar="N")
+    histograms: bool = option(True, "do not write weight histograms at epoch ends", group="output")  # --no-histograms
+
+    def validate(self) -> "RunConfig":
+        """Check the settings no later step checks; return self so calls chain."""
+        require(self.sample_every is None or self.sample_every >= 1,
+                f"sample_every must be at least 1, not {self.sample_every}")
+        return self
+
+
+@dataclass(frozen=True)
+class TrainOption:
+    """One train option as the CLI and `textgen.train` see it (from a field made with `option`)."""
+
+    name: str
+    default: Any
+    kind: type  # int, float, str or bool, from the field's annotation
+    help: str
+    group: str  # its --help section
+    resumable: bool
+    choices: tuple | None
+    metavar: str | None
+
+    @property
+    def flag(self) -> str:
+        """`--seq-len` for seq_len; `--no-histograms` for a switch that is on by default."""
+        dashed = self.name.replace("_", "-")
+        return f"--no-{dashed}" if self.default is True else f"--{dashed}"
+
+
+OPTION_GROUPS = ("corpus", "tokens", "model", "training", "devices", "output")  # --help's order
+
+
+def train_options() -> list[TrainOption]:
+    """Every train option: the Config fields a run may set, then RunConfig's, in --help order."""
+    found = []
+    for group, section in (("tokens", TokenizerConfig), ("model", ModelConfig), ("training", TrainConfig),
+                           (None, RunConfig)):
+        for f in dataclasses.fields(section):
+            if "help" in f.metadata:  # ModelConfig.vocab_size comes from the tokenizer: no option
+                found.append(TrainOption(f.name, f.default, _kind(f.type), f.metadata["help"],
+                                         f.metadata["group"] or group, f.metadata["resumable"],
+                                         f.metadata["choices"], f.metadata["metavar"]))
+    return sorted(found, key=lambda o: OPTION_GROUPS.index(o.group))
+
+
+def split_options(options: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
+    """`textgen.train` keywords as the run's RunConfig and the rest (Config options)."""
+    run_fields = _field_names(RunConfig)
+    run = RunConfig(**{k: v for k, v in options.items() if k in run_fields}).validate()
+    return run, {k: v for k, v in options.items() if k not in run_fields}
+
+
+def resumed_config(saved: Config, options: dict[str, Any]) -> Config:
+    """The saved run's config with the resumable options applied; any other must equal the saved value."""
+    resumable = {o.name for o in train_options() if o.resumable}
+    for key, value in options.items():
+        if key not in resumable and option_value(saved, key) != value:
+            raise ConfigError(
+                f"--{key.replace('_', '-')} {value} differs from the run's {option_value(saved, key)}; "
+                f"a resumed run keeps its settings (start a new --name to change them)"
+            )
+    return override(saved, **{k: v for k, v in options.items() if k in resumable})
+
+
+def fine_tune_config(base: Config, options: dict[str, Any]) -> Config:
+    """A new run on a bundle's architecture and tokenizer; only training options may change."""
+    fixed = {k for k in options if option_value(base, k) != options[k]} - _field_names(TrainConfig)
+    if fixed:
+        raise ConfigError(f"--init-from keeps the bundle's model and tokenizer; cannot change {sorted(fixed)}")
+    return override(Config(tokenizer=base.tokenizer, model=base.model), **options)
 
 
 def config_from_options(**options: Any) -> Config:
@@ -170,14 +289,13 @@ def override(config: Config, **options: Any) -> Config:
     `vocab_size` is the tokenizer's cap (the model's vocabulary size always comes from
     the built tokenizer).
     """
-    sections = {"tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainConfig}
-    values: dict[str, dict[str, Any]] = {key: dataclasses.asdict(getattr(config, key)) for key in sections}
+    values: dict[str, dict[str, Any]] = {key: dataclasses.asdict(getattr(config, key)) for key in SECTIONS}
     for key, value in options.items():
-        owner = next((s for s, cls in sections.items() if key in _field_names(cls)), None)
+        owner = next((s for s, cls in SECTIONS.items() if key in _field_names(cls)), None)
         if owner is None:
             raise ConfigError(f"unknown option {key!r}")
         values[owner][key] = value
-    return config.replace(**{s: _build(cls, values[s], s) for s, cls in sections.items()}).validate()
+    return config.replace(**{s: _build(cls, values[s], s) for s, cls in SECTIONS.items()}).validate()
 
 
 def option_value(config: Config, key: str) -> Any:
@@ -223,21 +341,31 @@ def _field_names(section: type) -> set[str]:
     return {f.name for f in dataclasses.fields(section)}
 
 
+def _kind(annotation: str) -> type:
+    """The value type of a field annotation written as a string (PEP 563): "int | None" -> int."""
+    return next((kind for kind in (bool, int, float) if annotation.startswith(kind.__name__)), str)
+
+
 def _build(section: type, data: Any, where: str) -> Any:
     """Build one section dataclass from a dict, checking keys and types."""
-    _check(isinstance(data, dict), f"{where} must be an object")
+    require(isinstance(data, dict), f"{where} must be an object")
     fields = {f.name: f for f in dataclasses.fields(section)}
     for key, value in data.items():
-        _check(key in fields, f"unknown config key {where}.{key}")
-        _check(_type_ok(fields[key].type, value), f"{where}.{key} has the wrong type: {value!r}")
+        require(key in fields, f"unknown config key {where}.{key}")
+        require(fits_type(fields[key].type, value), f"{where}.{key} has the wrong type: {value!r}")
     return section(**data)
 
 
-def _type_ok(annotation: str, value: Any) -> bool:
-    """Whether a JSON value fits a field annotation written as a string (PEP 563)."""
+def fits_type(annotation: str, value: Any) -> bool:
+    """Whether a JSON value fits a field annotation written as a string (PEP 563).
+
+    A bool is not a number here, though Python says True == 1; a float field takes ints.
+    """
     optional = "None" in annotation
     if value is None:
         return optional
+    if annotation.startswith("bool"):
+        return isinstance(value, bool)
     if annotation.startswith("int"):
         return isinstance(value, int) and not isinstance(value, bool)
     if annotation.startswith("float"):
@@ -247,6 +375,7 @@ def _type_ok(annotation: str, value: Any) -> bool:
     return True
 
 
-def _check(condition: bool, message: str) -> None:
+def require(condition: Any, message: str) -> None:
+    """Raise ConfigError(message) unless `condition`: every validator's one-line refusal."""
     if not condition:
         raise ConfigError(message)

@@ -1,7 +1,7 @@
 """Corpus files -> a token-id file on disk, built once by streaming and reused while unchanged.
 
     TEXTGEN_CACHE_DIR/tokens/KEY/      (default ~/.cache/textgen; KEY hashes the file
-        manifest.json                   paths and the tokenizer settings)
+        manifest.json                   paths, every tokenizer setting and tokenizer.SCHEME)
         tokenizer.json                 the tokenizer the ids belong to
         train.ids                      the corpus ids, files joined by [DOC]; uint8, uint16
         val.ids                        or uint32 by vocabulary size; --val-file's ids, if any
@@ -16,7 +16,6 @@ re-hashed, and any difference rebuilds the cache.
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import hashlib
 import json
@@ -32,10 +31,11 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from textgen.config import TextgenError, TokenizerConfig
-from textgen.data import BOM
-from textgen.tokenizer import DOC, CharTable, _word_chunks, build_tokenizer, safe_cut
+from textgen.corpora import cache_dir
+from textgen.text import read_chunks
+from textgen.tokenizer import DOC, SCHEME, UNK, CharTable, _word_chunks, build_tokenizer, token_pieces
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: unknown-token counts in the manifest; the key holds every setting and the scheme
 # Char level reads 16 MB at a time (per-call overhead vanishes, memory stays small);
 # word/bpe read 4 MB, cut into ~256K-character pieces so encode_batch has work for every
 # core while its Encoding objects (hundreds of bytes per token) stay small.
@@ -55,15 +55,21 @@ class TokenIds:
     val: np.ndarray | None  # (n_val_tokens,) the validation files' ids, when some were given
     characters: int  # characters of the corpus files (separators not counted)
     val_characters: int
+    unknown: int  # [UNK] tokens among `train`: words the capped vocabulary lacks
     sources: list[dict]  # [{"file", "bytes", "sha256"}] in reading order
     folder: Path
     reused: bool  # True when an up-to-date cache was found
 
+    def coverage_line(self) -> str:
+        """How much of the corpus the (capped) vocabulary covers, for word level's start-up lines."""
+        share = 1 - self.unknown / max(len(self.train), 1)
+        return (f"Vocabulary {self.tokenizer.get_vocab_size():,} covers {100 * share:.1f} % of word tokens "
+                f"({self.unknown:,} [UNK] in {len(self.train):,})")
+
 
 def cache_root() -> Path:
-    """Where token caches live: $TEXTGEN_CACHE_DIR/tokens, default ~/.cache/textgen/tokens."""
-    base = os.environ.get("TEXTGEN_CACHE_DIR") or Path.home() / ".cache" / "textgen"
-    return Path(base) / "tokens"
+    """Where token caches live: the `tokens` folder of the user cache (corpora.cache_dir)."""
+    return cache_dir() / "tokens"
 
 
 def token_ids(paths: list[Path], val_paths: list[Path], settings: TokenizerConfig,
@@ -88,78 +94,21 @@ def token_ids(paths: list[Path], val_paths: list[Path], settings: TokenizerConfi
 
 
 def _key(paths: list[Path], val_paths: list[Path], settings: TokenizerConfig, tokenizer=None) -> str:
-    """One folder per (files, tokenizer settings or given tokenizer)."""
-    what = {"format": CACHE_FORMAT, "files": [str(p) for p in paths],
-            "val_files": [str(p) for p in val_paths], "level": settings.level,
-            "vocab_size": settings.vocab_size, "encoding": settings.encoding,
+    """One folder per (files, tokenizer settings or given tokenizer).
+
+    Every TokenizerConfig field is in the key, and the scheme of the tokens build_tokenizer
+    makes, so no setting (present or future) can reuse ids made another way.
+    """
+    what = {"format": CACHE_FORMAT, "scheme": SCHEME, "files": [str(p) for p in paths],
+            "val_files": [str(p) for p in val_paths], "settings": dataclasses.asdict(settings),
             "tokenizer": hashlib.sha256(tokenizer.to_str().encode()).hexdigest() if tokenizer else None}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
 
 
-# ---------------------------------------------------------------- reading, streamed
-
-
-def stream_text(path: Path, encoding: str, on_chunk=None, chunk_bytes: int | None = None) -> Iterator[str]:
-    """The text of one file in pieces, checked as strictly as `data.read_text`.
-
-    BOM dropped, CRLF -> LF (a trailing CR waits for the next piece), NUL bytes and invalid
-    text refused with their byte offset. `on_chunk(data)` sees each raw chunk (progress, hashing).
-    """
-    try:
-        decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-    except LookupError:
-        raise TextgenError(f"unknown encoding {encoding!r}") from None
-    chunk_bytes = chunk_bytes or CHUNK_BYTES
-    check_nul = not encoding.lower().replace("-", "").replace("_", "").startswith(("utf16", "utf32"))
-    offset, held, bom_checked = 0, "", False
-    try:
-        file = open(path, "rb")
-    except OSError as err:
-        raise TextgenError(f"{path}: cannot read ({err.strerror})") from None
-    with file:
-        while True:
-            data = file.read(chunk_bytes)
-            final = not data
-            if final and offset == 0:
-                raise TextgenError(f"{path}: file is empty")
-            nul = data.find(b"\x00") if check_nul else -1
-            if nul >= 0:
-                raise TextgenError(f"{path}: not a text file (NUL byte at offset {offset + nul:,})")
-            pending = len(decoder.getstate()[0])  # bytes of a character split across chunks
-            try:
-                text = decoder.decode(data, final=final)
-            except UnicodeDecodeError as err:
-                raise TextgenError(f"{path}: not valid {encoding} text (byte offset "
-                                   f"{offset - pending + err.start:,}); try --encoding") from None
-            if text and not bom_checked:  # the first character, however few bytes came
-                text, bom_checked = text.removeprefix(BOM), True
-            text, held = held + text, ""
-            if text.endswith("\r") and not final:
-                text, held = text[:-1], "\r"  # maybe the first half of a CRLF
-            offset += len(data)
-            if on_chunk:
-                on_chunk(data)
-            if text:
-                yield text.replace("\r\n", "\n") if "\r" in text else text
-            if final:
-                return
-
-
 def file_pieces(path: Path, encoding: str, level: str, on_chunk=None) -> Iterator[str]:
-    """One file's text in pieces cut where no token can span (any cut is safe for char)."""
-    carry = ""
+    """One file's text in pieces cut where no token can span (see tokenizer.token_pieces)."""
     size = CHUNK_BYTES if level == "char" else SUBWORD_CHUNK_BYTES
-    for text in stream_text(path, encoding, on_chunk, size):
-        if level == "char":
-            yield text
-            continue
-        text = carry + text
-        cut = safe_cut(text)  # 0 (no safe place yet): keep it all for the next piece
-        carry = text[cut:]
-        if cut:
-            yield text[:cut]
-    if carry:
-        yield carry
+    return token_pieces(read_chunks(path, encoding, on_chunk, size), level)
 
 
 # ---------------------------------------------------------------- building
@@ -188,7 +137,8 @@ def _build(folder: Path, paths: list[Path], val_paths: list[Path], settings: Tok
                     "tokenizer_sha256": sha256_file(tokenizer_file), "dtype": np.dtype(dtype).name,
                     "sources": sources, "val_sources": val_sources,
                     "tokens": {p: c[0] for p, c in counts.items()},
-                    "characters": {p: c[1] for p, c in counts.items()}}
+                    "characters": {p: c[1] for p, c in counts.items()},
+                    "unknown": {p: c[2] for p, c in counts.items()}}
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         if folder.exists():
             if _load_if_fresh(folder, paths, val_paths) is not None:
@@ -219,18 +169,20 @@ def _train_tokenizer(paths, val_paths, settings):
                 yield from _word_chunks(piece, SUBWORD_PIECE_CHARS) if settings.level != "char" else (piece,)
 
     with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, **_BAR, desc="building vocabulary") as bar:
-        tokenizer = build_tokenizer(pieces(bar), settings.level, settings.vocab_size)
+        tokenizer = build_tokenizer(pieces(bar), settings.level, settings.vocab_size, settings.lowercase)
     for record, digest in zip(sources + val_sources, digests):
         record["sha256"] = digest.hexdigest()
     return sources, val_sources, tokenizer
 
 
-def _encode_files(files, recorded, tokenizer, settings, out: Path, dtype) -> tuple[int, int]:
-    """Second pass: append each file's ids to `out`, [DOC] between files; (tokens, characters)."""
+def _encode_files(files, recorded, tokenizer, settings, out: Path, dtype) -> tuple[int, int, int]:
+    """Second pass: append each file's ids to `out`, [DOC] between files;
+    (tokens, characters, [UNK] tokens)."""
     doc_id = tokenizer.token_to_id(DOC)  # tokenizers older than [DOC] join files with a newline
     doc = np.array([doc_id] if doc_id is not None else tokenizer.encode("\n").ids, dtype=dtype)
     table = CharTable(tokenizer, dtype) if settings.level == "char" else None
-    tokens = characters = 0
+    unk_id = tokenizer.token_to_id(UNK)
+    tokens = characters = unknown = 0
     total = sum(r["bytes"] for r in recorded)
     with open(out, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, **_BAR,
                                     desc="tokenizing") as bar:
@@ -243,13 +195,15 @@ def _encode_files(files, recorded, tokenizer, settings, out: Path, dtype) -> tup
                 ids.astype(dtype, copy=False).tofile(f)
                 tokens += len(ids)
                 characters += len(text)
-    return tokens, characters
+                unknown += int(np.count_nonzero(ids == unk_id))  # vocabulary coverage, for free
+    return tokens, characters, unknown
 
 
 def _encode_piece(text: str, tokenizer: Tokenizer, table: CharTable | None) -> np.ndarray:
     if table is not None:
         return table.encode(text)
-    # encode_batch runs the ~1 MB pieces on every core (tokenizers' own thread pool).
+    # encode_batch runs the 256K-character pieces (SUBWORD_PIECE_CHARS) on every core
+    # (tokenizers' own thread pool).
     pieces = _word_chunks(text, SUBWORD_PIECE_CHARS)
     encodings = tokenizer.encode_batch_fast(pieces)  # "fast": the same ids, no offsets
     return np.concatenate([np.asarray(e.ids, np.int32) for e in encodings])
@@ -286,7 +240,7 @@ def _load_if_fresh(folder: Path, paths: list[Path], val_paths: list[Path]) -> To
     sources = [{"file": Path(s["file"]).name, "bytes": s["bytes"], "sha256": s["sha256"]}
                for s in manifest["sources"]]
     return TokenIds(tokenizer, arrays["train"], arrays.get("val"), chars["train"], chars.get("val", 0),
-                    sources, folder, reused=True)
+                    manifest["unknown"]["train"], sources, folder, reused=True)
 
 
 def _same_files(recorded: list[dict], paths: list[Path]) -> bool:

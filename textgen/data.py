@@ -1,4 +1,6 @@
-"""Corpus files -> text -> token ids -> `tf.data` pipelines of (input, target) sequences.
+"""Corpus arguments -> files; token ids -> `tf.data` pipelines of (input, target) sequences.
+
+(Reading the files' text is textgen.text; turning it into token ids, textgen.corpus_cache.)
 
 Every position is predicted (sequence to sequence): a window of seq_len + 1 ids
 becomes input ids[:-1] and target ids[1:].
@@ -13,26 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from textgen.config import TextgenError
-
-BOM = "\ufeff"
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """The text of one or more files, and where it came from."""
-
-    text: str
-    sources: list[dict]  # [{"file": name, "bytes": n, "sha256": hex}] in reading order
-
-    @property
-    def name(self) -> str:
-        """A default run name: the first file's stem."""
-        return Path(self.sources[0]["file"]).stem
-
-    @property
-    def sha256(self) -> str:
-        """One digest of every file's name and sha256, in reading order: the corpus's identity."""
-        return sources_digest(self.sources)
 
 
 def sources_digest(sources: list[dict]) -> str:
@@ -66,51 +48,6 @@ def resolve_paths(items: list[str], glob: str = "*.txt") -> list[Path]:
         else:
             raise TextgenError(f"{item}: no such file, directory or known corpus")
     return paths
-
-
-def read_text(path: Path, encoding: str = "utf-8") -> str:
-    """Read one text file strictly: refuse binary data, drop a BOM, turn CRLF into LF."""
-    return decode_text(path, _read_bytes(path), encoding)
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        raise TextgenError(f"{path}: cannot read ({err.strerror or err})") from None
-    except MemoryError:
-        raise TextgenError(f"{path}: too large to read into memory") from None
-
-
-def decode_text(path: Path, data: bytes, encoding: str = "utf-8") -> str:
-    """The text of a file's bytes (see read_text); `path` only names it in errors."""
-    if not data:
-        raise TextgenError(f"{path}: file is empty")
-    nul = data.find(b"\x00")
-    if nul >= 0 and not encoding.lower().replace("-", "").startswith("utf16"):
-        raise TextgenError(f"{path}: not a text file (NUL byte at offset {nul:,})")
-    try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError as err:
-        raise TextgenError(
-            f"{path}: not valid {encoding} text (byte offset {err.start:,}); try --encoding"
-        ) from None
-    except LookupError:
-        raise TextgenError(f"unknown encoding {encoding!r}") from None
-    return text.removeprefix(BOM).replace("\r\n", "\n")
-
-
-def load_corpus(items: list[str], encoding: str = "utf-8") -> Corpus:
-    """Read every file named by `items` (sorted within folders) into one text."""
-    parts, sources = [], []
-    for path in resolve_paths(items):
-        data = _read_bytes(path)  # read once: decoded and hashed from the same bytes
-        text = decode_text(path, data, encoding)
-        if parts and not parts[-1].endswith("\n"):
-            parts.append("\n")  # files never run into each other mid-line
-        parts.append(text)
-        sources.append({"file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-    return Corpus("".join(parts), sources)
 
 
 def split_ids(ids: np.ndarray, val_fraction: float, seq_len: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@
   local GPUs, or over logical CPU devices made by `split_cpu`), "multi-worker"
   (`MultiWorkerMirroredStrategy`, configured by the TF_CONFIG environment variable) or
   "auto" (mirrored when more than one GPU is visible, else default).
-- `output_dir(path, strategy)`: the chief writes bundles and logs to `path`; every other
+- `output_dir(path)`: the chief writes bundles and logs to `path`; every other
   worker writes to a temporary folder beside it, as TensorFlow's multi-worker guide
   prescribes (all workers must run the saving code, which may hold collectives).
 - `worker_mean(strategy)`: lets callbacks agree across workers (same clock, same stop step).
@@ -25,9 +25,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from textgen.config import TextgenError
-
-STRATEGIES = ("auto", "default", "mirrored", "multi-worker")
+from textgen.config import STRATEGIES, TextgenError
 
 
 def split_cpu(n: int) -> None:
@@ -147,8 +145,9 @@ class MultiWorkerFix:
       with an unsupported type", keras issue 20585). A textgen model knows its batch
       shape, so it is built from `self.build_batch` (one replica's (x, y) as NumPy zeros).
     - `reduce_per_replica` averages each step's logs with `strategy.reduce("MEAN", v,
-      axis=0)`, which needs an axis the scalar loss lacks; the steps below return every
-      log as shape (1,) under a multi-worker strategy, so the mean is over replicas.
+      axis=0)`, which needs an axis the scalar loss lacks; the subclass's train and test
+      steps return their logs through `_vector_logs`, which makes every log shape (1,)
+      under a multi-worker strategy, so the mean is over replicas.
     tests/test_distribute.py fails when Keras changes either, and pyproject pins keras to
     3.15.x. Everything else (callbacks, metrics, the optimizer) is Keras' own.
     """
@@ -160,12 +159,6 @@ class MultiWorkerFix:
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         with self.distribute_strategy.scope():
             self._symbolic_build(data_batch=self.build_batch)
-
-    def train_step(self, data):
-        return self._vector_logs(super().train_step(data))
-
-    def test_step(self, data):
-        return self._vector_logs(super().test_step(data))
 
     def _vector_logs(self, logs):
         import tensorflow as tf

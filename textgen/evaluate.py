@@ -9,9 +9,7 @@ text, so char- and word-level models compare on one scale.
 
 from __future__ import annotations
 
-import codecs
 import math
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +18,8 @@ import numpy as np
 
 from textgen.config import TextgenError
 from textgen.generate import TextGenerator
-from textgen.tokenizer import encode
+from textgen.text import read_chunks
+from textgen.tokenizer import encode, token_pieces
 
 CHUNK_TOKENS = 1024  # tokens per forward call
 READ_BYTES = 1 << 20  # bytes read from a file at a time
@@ -59,8 +58,9 @@ def evaluate_files(generator: TextGenerator, paths: list[Path], progress=None) -
         paths: the files; each needs at least two tokens.
         progress: optional callable(n_bytes) told how many bytes of file each block was.
     """
-    encoding = generator.config.tokenizer.encoding
-    return _score((read_pieces(p, encoding, progress) for p in paths), generator, None)
+    settings = generator.config.tokenizer
+    documents = (read_pieces(p, settings.encoding, settings.level, progress) for p in paths)
+    return _score(documents, generator, None)
 
 
 def _score(documents: Iterable[Iterable[str]], generator: TextGenerator, progress) -> Score:
@@ -105,67 +105,13 @@ class _Scorer:
         self.last_id = int(ids[-1])
 
 
-def read_pieces(path: Path, encoding: str = "utf-8", progress=None) -> Iterator[str]:
-    """A text file as pieces that end at line (or word) boundaries, read READ_BYTES at a time.
+def read_pieces(path: Path, encoding: str = "utf-8", level: str = "char", progress=None) -> Iterator[str]:
+    """A text file as pieces no token spans, read READ_BYTES at a time (textgen.text's rules).
 
-    Same rules as data.read_text (no NUL bytes, BOM dropped, CRLF -> LF), but the whole
-    file is never in memory. Pieces end where a whitespace run starts, so no token is
-    cut in two; the rest is carried into the next piece.
+    `progress(n_bytes)` is told the size of each block read.
     """
-    try:
-        decoder = codecs.getincrementaldecoder(encoding)()
-    except LookupError:
-        raise TextgenError(f"unknown encoding {encoding!r}") from None
-    check_nul = not encoding.lower().replace("-", "").startswith("utf16")
-    carry, offset, first = "", 0, True
-    try:
-        with open(path, "rb") as f:
-            while True:
-                block = f.read(READ_BYTES)
-                if check_nul and b"\x00" in block:
-                    raise TextgenError(f"{path}: not a text file (NUL byte at offset {offset + block.index(0):,})")
-                text = carry + _decode(decoder, block, not block, path, encoding, offset)
-                offset += len(block)
-                if progress and block:
-                    progress(len(block))
-                if first:
-                    text, first = text.removeprefix("\ufeff"), False
-                if not block:
-                    break
-                text = text.replace("\r\n", "\n")
-                cut = _cut(text)
-                text, carry = text[:cut], text[cut:]
-                if text:
-                    yield text
-    except OSError as err:
-        raise TextgenError(f"{path}: cannot read ({err.strerror})") from None
-    if offset == 0:
-        raise TextgenError(f"{path}: file is empty")
-    if text:
-        yield text.replace("\r\n", "\n")
-
-
-def _decode(decoder, block: bytes, final: bool, path: Path, encoding: str, offset: int) -> str:
-    pending = len(decoder.getstate()[0])  # bytes of a character split across the last block
-    try:
-        return decoder.decode(block, final=final)
-    except UnicodeDecodeError as err:
-        at = offset - pending + err.start
-        raise TextgenError(f"{path}: not valid {encoding} text (byte offset {at:,}); try --encoding") from None
-
-
-_LAST_SPACE_RUN = re.compile(r"\s+(?=\S*\Z)")
-
-
-def _cut(text: str) -> int:
-    """Where to end a piece: where its last whitespace run starts.
-
-    Word-level tokens never span that point (a whitespace run is one token and a word
-    ends where whitespace starts), and a CR waiting for its LF stays with the next piece.
-    A piece with no whitespace at all is passed on whole so memory stays bounded.
-    """
-    found = _LAST_SPACE_RUN.search(text)
-    return found.start() if found and found.start() > 0 else len(text)
+    on_chunk = (lambda data: progress(len(data))) if progress else None
+    return token_pieces(read_chunks(path, encoding, on_chunk, READ_BYTES), level)
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

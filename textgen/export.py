@@ -16,7 +16,8 @@ unquantized.
 
 The output folder also holds tokenizer.json and signature.json: the input and output
 names and shapes, the state layout per layer, the ids a sampler must never emit, the
-start token for an empty prime, and whether text is lowercased first.
+start token for an empty prime, whether text is lowercased first (tokenizer.json's own
+normalizer does it), and at word level the ids of the rule that keeps words apart.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def export(bundle: str | Path, format: str, out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TextgenError(f"{out} already exists and is not an empty folder; choose another --out")
-    from textgen.checkpoint import load_bundle
+    from textgen.bundle import load_bundle
 
     loaded = load_bundle(bundle)
     step = build_step_model(loaded.model, loaded.config.model)
@@ -123,6 +124,7 @@ def describe(bundle, format: str) -> dict[str, Any]:
     """signature.json: what a caller needs to drive the exported step without textgen."""
     from textgen import __version__
     from textgen.generate import banned_ids, start_id
+    from textgen.tokenizer import folds_case
 
     m = bundle.config.model
     states = {"shape": ["batch", m.units], "dtype": "float32"}
@@ -139,5 +141,22 @@ def describe(bundle, format: str) -> dict[str, Any]:
         "banned_ids": banned_ids(bundle.tokenizer),
         "start_id": start_id(bundle.tokenizer),
         "level": bundle.config.tokenizer.level,
-        "lowercase": False,
+        "lowercase": folds_case(bundle.tokenizer),
+        **_glue_rule(bundle.tokenizer),
     }
+
+
+def _glue_rule(tokenizer) -> dict[str, Any]:
+    """Word level: the ids ending and starting with a word character, for the no-glue rule
+    (textgen.sampler.forbid_glue); nothing at char and bpe level, which have no such rule."""
+    import numpy as np
+
+    from textgen.tokenizer import word_edges
+
+    edges = word_edges(tokenizer)
+    if edges is None:
+        return {}
+    ends, starts = edges
+    return {"no_glue": {"rule": "after a token in ends_word, never sample one in starts_word "
+                                "(two words would run together); unless that leaves no token",
+                        "ends_word": np.flatnonzero(ends).tolist(), "starts_word": np.flatnonzero(starts).tolist()}}

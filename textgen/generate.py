@@ -12,50 +12,19 @@ one step then advances all N, and sample i draws from its own random stream (see
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from textgen import sampler
-from textgen.checkpoint import Bundle, load_bundle
-from textgen.config import GENERATE_LENGTH, TextgenError
+from textgen.bundle import Bundle, load_bundle
+from textgen.config import TextgenError, require
+from textgen.controls import Controls, documented
 from textgen.stepper import LSTMStepper
-from textgen.tokenizer import SPECIAL_TOKENS, decode, encode, unknown_characters
+from textgen.tokenizer import SPECIAL_TOKENS, decode, encode, unknown_characters, word_edges
 
 PRIME_CHUNK = 1024  # tokens of the prime read per call
-
-
-@dataclass(frozen=True)
-class Controls:
-    """Every decoding control; `check` turns bad values into one-line TextgenErrors."""
-
-    length: int | None = GENERATE_LENGTH  # tokens to generate; None: until max_chars or a stop
-    temperature: float = 1.0  # 0 = greedy
-    top_k: int | None = None  # keep the k most likely tokens
-    top_p: float | None = None  # keep the smallest set reaching this probability
-    repetition_penalty: float | None = None  # CTRL penalty on recently seen tokens
-    penalty_window: int = sampler.DEFAULT_PENALTY_WINDOW  # how many recent tokens it looks at
-    stop: tuple[str, ...] = ()  # a sample ends where one of these appears (not included)
-    max_chars: int | None = None  # a sample ends after this many generated characters
-    seed: int | None = None  # None: a fresh random seed
-
-    def check(self) -> "Controls":
-        _require(self.length is None or self.length >= 1, f"length must be at least 1, not {self.length}")
-        _require(self.length is not None or self.max_chars is not None or self.stop,
-                 "without a length, give max_chars or a stop string so generation ends")
-        _require(math.isfinite(self.temperature) and self.temperature >= 0,
-                 f"temperature must be 0 (greedy) or positive, not {self.temperature}")
-        _require(self.top_k is None or self.top_k >= 1, f"top_k must be at least 1, not {self.top_k}")
-        _require(self.top_p is None or 0 < self.top_p <= 1, f"top_p must be in (0, 1], not {self.top_p}")
-        _require(self.repetition_penalty is None or self.repetition_penalty > 0,
-                 f"repetition_penalty must be positive, not {self.repetition_penalty}")
-        _require(self.penalty_window >= 1, f"penalty_window must be at least 1, not {self.penalty_window}")
-        _require(self.max_chars is None or self.max_chars >= 1, f"max_chars must be at least 1, not {self.max_chars}")
-        _require(all(isinstance(s, str) for s in self.stop), "stop strings must be strings")
-        return self
 
 
 class TextGenerator:
@@ -75,7 +44,9 @@ class TextGenerator:
         self.config = bundle.config
         self.state = bundle.state
         self._banned = banned_ids(self.tokenizer)
+        self._edges = word_edges(self.tokenizer)  # word level: never glue two words (None elsewhere)
         self._stepper = LSTMStepper.from_model(self.model)  # a snapshot of the weights
+        self._piece_table = _PieceDecoder.piece_table(self.tokenizer)  # once: it reads the whole vocabulary
 
     @classmethod
     def from_model(cls, model, tokenizer, config) -> "TextGenerator":
@@ -103,53 +74,38 @@ class TextGenerator:
                 raise TextgenError(f"prime text has characters the model's vocabulary lacks: {shown}")
         return encode(self.tokenizer, prime)
 
-    def stream(self, prime: str = "", length: int | None = GENERATE_LENGTH, temperature: float = 1.0,
-               top_k: int | None = None, top_p: float | None = None,
-               repetition_penalty: float | None = None, stop=None, seed: int | None = None,
-               max_chars: int | None = None, include_prime: bool = True) -> Iterator[str]:
+    @documented
+    def stream(self, prime: str = "", *, include_prime: bool = True, **controls) -> Iterator[str]:
         """Yield the prime (unless include_prime is False), then the text of each new token
-        as it is produced. Arguments as in `generate`."""
-        controls = _controls(length, temperature, top_k, top_p, repetition_penalty, stop, seed, max_chars)
+        as it is produced."""
+        c = Controls.of(**controls)
         ids = self.encode_prime(prime)
         if prime and include_prime:
             yield prime
-        for pieces in self.steps(ids, 1, controls):
+        for pieces in self.steps(ids, 1, c):
             if pieces[0]:
                 yield pieces[0]
 
-    def generate(self, prime: str = "", length: int | None = GENERATE_LENGTH, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None,
-                 repetition_penalty: float | None = None, stop=None, seed: int | None = None,
-                 max_chars: int | None = None) -> str:
+    @documented
+    def generate(self, prime: str = "", **controls) -> str:
         """The prime followed by one generated continuation, as one string.
 
-        Args:
-            prime: text the model reads first and the output starts with.
-            length: tokens to generate (None: until max_chars or a stop string).
-            temperature: > 0 scales randomness (lower is safer); 0 always picks the most likely.
-            top_k: sample only among the k most likely tokens.
-            top_p: sample only among the most likely tokens whose probabilities reach top_p.
-            repetition_penalty: > 1 discourages the tokens of the last 64 (CTRL's penalty).
-            stop: a string or list of strings; the text ends where one first appears (excluded).
-            seed: the same seed gives the same text; None draws a fresh one.
-            max_chars: the continuation ends after this many characters.
+        `prime` is the text the model reads first and the output starts with; the
+        decoding controls are keywords (all checked, unknown names refused), e.g.
+        `generate(prime="ROMEO:", length=200, temperature=0.8, seed=1)`.
         """
-        return "".join(self.stream(prime, length, temperature, top_k, top_p, repetition_penalty,
-                                   stop, seed, max_chars))
+        return "".join(self.stream(prime, **controls))
 
-    def sample(self, prime: str = "", num_samples: int = 8, length: int | None = GENERATE_LENGTH,
-               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-               repetition_penalty: float | None = None, stop=None, seed: int | None = None,
-               max_chars: int | None = None) -> list[str]:
+    @documented
+    def sample(self, prime: str = "", num_samples: int = 8, **controls) -> list[str]:
         """`num_samples` independent continuations of one prime, generated as one batch.
 
         Sample i uses the random stream (seed, i): sample 0 equals `generate` with the same seed.
-        Other arguments as in `generate`.
         """
-        controls = _controls(length, temperature, top_k, top_p, repetition_penalty, stop, seed, max_chars)
-        _require(num_samples >= 1, f"num_samples must be at least 1, not {num_samples}")
+        c = Controls.of(**controls)
+        require(num_samples >= 1, f"num_samples must be at least 1, not {num_samples}")
         parts = [[prime] for _ in range(num_samples)]  # joined once at the end: linear time
-        for pieces in self.steps(self.encode_prime(prime), num_samples, controls):
+        for pieces in self.steps(self.encode_prime(prime), num_samples, c):
             for part, piece in zip(parts, pieces):
                 part.append(piece)
         return ["".join(part) for part in parts]
@@ -160,29 +116,34 @@ class TextGenerator:
         A finished sample (stop string, max_chars) yields '' from then on; the last yield
         carries any text held back while it could still have begun a stop string.
         """
-        c = controls
-        logits, states = self._read(ids if len(ids) else self._start_ids())  # (1, vocab)
-        logits = np.repeat(logits, num_samples, axis=0)  # (n, vocab)
-        states = [np.repeat(s, num_samples, axis=0) for s in states]  # (n, units) each
-        streams = sampler.Streams(c.seed, num_samples)
-        recent = _Recent(ids, num_samples, c.penalty_window) if c.repetition_penalty else None
-        ends = [sampler.StopText(list(c.stop), c.max_chars) for _ in range(num_samples)]
-        text = _PieceDecoder(self.tokenizer, num_samples)
+        run = Decoding(self, ids, num_samples, controls)
+        logits, states = self.read_prime(ids, num_samples)  # (n, vocab)
         # BLAS stays single-threaded while this generation runs (see textgen.stepper).
-        with self._stepper.single_threaded():
-            step = 0
-            while c.length is None or step < c.length:
-                logits[:, self._banned] = -np.inf
-                tokens = sampler.sample(logits, streams.uniform(), c.temperature, c.top_k, c.top_p,
-                                        c.repetition_penalty, recent.ids if recent is not None else None)  # (n,)
-                if recent is not None:
-                    recent.add(tokens)
-                yield [end.feed(piece) for end, piece in zip(ends, text.pieces(tokens))]
-                step += 1
-                if all(end.done for end in ends):
-                    return
-                logits, states = self._stepper.step(tokens, states)  # (n, vocab)
-        yield [end.flush() for end in ends]
+        with self.single_threaded():
+            while True:
+                tokens = run.choose(logits)  # (n,)
+                yield run.pieces(tokens)
+                if run.finished:
+                    break
+                logits, states = self.step(tokens, states)  # (n, vocab)
+        yield run.flush()
+
+    def read_prime(self, ids: np.ndarray, num_samples: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Read prime ids (time,) once: logits (n, vocab) and states for n samples of it."""
+        logits, states = self._read(ids if len(ids) else self._start_ids())  # (1, vocab)
+        return np.repeat(logits, num_samples, axis=0), [np.repeat(s, num_samples, axis=0) for s in states]
+
+    def single_threaded(self):
+        """Context manager: BLAS single-threaded; hold it around a loop of `step`s."""
+        return self._stepper.single_threaded()
+
+    def step(self, tokens: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One token per row: tokens (batch,) -> logits (batch, vocab) and the new states.
+
+        States are opaque arrays with the batch on axis 0, so the rows of several
+        generations can be stacked into one step and sliced apart (see textgen.batching).
+        """
+        return self._stepper.step(tokens, states)
 
     def _read(self, ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """Feed ids (time,) in chunks carrying state: last logits (1, vocab) and the states.
@@ -197,6 +158,56 @@ class TextGenerator:
 
     def _start_ids(self) -> np.ndarray:
         return np.array([start_id(self.tokenizer)], np.int32)
+
+
+class Decoding:
+    """One generation's choices between model steps: for the n samples of one prime, the
+    banned tokens, its controls, each sample's random stream (seed, i), the repetition
+    window, the stop rules and the text of each new token.
+
+    The model steps are the caller's, so generations with different controls can share
+    one batched step (textgen.batching), each choosing from its own rows of logits.
+    """
+
+    def __init__(self, generator: TextGenerator, ids: np.ndarray, num_samples: int, controls: Controls):
+        c = self.controls = controls
+        self.banned = generator._banned
+        self.edges = generator._edges  # word level: never glue two words
+        context = ids if len(ids) else generator._start_ids()
+        self.previous = np.repeat(context[-1:], num_samples)  # (n,) each sample's last token
+        self.streams = sampler.Streams(c.seed, num_samples)
+        self.recent = _Recent(ids, num_samples, sampler.DEFAULT_PENALTY_WINDOW) if c.repetition_penalty else None
+        self.ends = [sampler.StopText(list(c.stop), c.max_chars) for _ in range(num_samples)]
+        self.text = _PieceDecoder(generator.tokenizer, num_samples, generator._piece_table)
+        self.count = 0  # tokens chosen so far, per sample
+
+    def choose(self, logits: np.ndarray) -> np.ndarray:
+        """The next token of every sample from its logits (n, vocab), which it overwrites: (n,)."""
+        c = self.controls
+        logits[:, self.banned] = -np.inf
+        if self.edges is not None:
+            logits = sampler.forbid_glue(logits, self.previous, *self.edges)
+        tokens = sampler.sample(logits, self.streams.uniform(), c.temperature, c.top_k, c.top_p,
+                                c.repetition_penalty, self.recent.ids if self.recent is not None else None)
+        self.previous = tokens
+        if self.recent is not None:
+            self.recent.add(tokens)
+        self.count += 1
+        return tokens
+
+    def pieces(self, tokens: np.ndarray) -> list[str]:
+        """The text each sample shows after its new token ('' once it has ended)."""
+        return [end.feed(piece) for end, piece in zip(self.ends, self.text.pieces(tokens))]
+
+    @property
+    def finished(self) -> bool:
+        """No sample needs another token: the length is reached, or every sample has stopped."""
+        length = self.controls.length
+        return (length is not None and self.count >= length) or all(end.done for end in self.ends)
+
+    def flush(self) -> list[str]:
+        """The text still held back per sample (it could have begun a stop string), at the end."""
+        return [end.flush() for end in self.ends]
 
 
 class _Recent:
@@ -225,18 +236,25 @@ class _PieceDecoder:
 
     _WINDOW = 8  # tokens of left context re-decoded per step on the general path
 
-    def __init__(self, tokenizer, num_samples: int):
+    def __init__(self, tokenizer, num_samples: int, table: np.ndarray | None):
         self.tokenizer = tokenizer
-        spec = json.loads(tokenizer.to_str())
-        if (spec.get("decoder") or {}).get("type") == "Fuse" and spec["model"]["type"] == "WordLevel":
-            vocab = tokenizer.get_vocab()
-            self.table = np.empty(len(vocab), object)
-            for token, i in vocab.items():
-                self.table[i] = token
-        else:
-            self.table = None
+        self.table = table  # from `piece_table`, built once per tokenizer
+        if table is None:
             self.ids = [[] for _ in range(num_samples)]
             self.done = [0] * num_samples  # how many of each sample's ids are fully decoded
+
+    @staticmethod
+    def piece_table(tokenizer) -> np.ndarray | None:
+        """Each token's text by id where pieces are table lookups (a Fuse-decoded WordLevel
+        tokenizer); None where they are decoded incrementally."""
+        spec = json.loads(tokenizer.to_str())
+        if (spec.get("decoder") or {}).get("type") != "Fuse" or spec["model"]["type"] != "WordLevel":
+            return None
+        vocab = tokenizer.get_vocab()
+        table = np.empty(len(vocab), object)
+        for token, i in vocab.items():
+            table[i] = token
+        return table
 
     def pieces(self, tokens: np.ndarray) -> list[str]:
         """The text added by one new token per sample: tokens (n,) -> n strings."""
@@ -271,14 +289,3 @@ def load(path: str | Path) -> TextGenerator:
     """Load a checkpoint bundle for generation: `textgen.load("checkpoints/x")`."""
     return TextGenerator(load_bundle(path))
 
-
-def _controls(length, temperature, top_k, top_p, repetition_penalty, stop, seed, max_chars) -> Controls:
-    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    return Controls(length=length, temperature=temperature, top_k=top_k, top_p=top_p,
-                    repetition_penalty=repetition_penalty, stop=stops, seed=seed,
-                    max_chars=max_chars).check()
-
-
-def _require(condition, message: str) -> None:
-    if not condition:
-        raise TextgenError(message)

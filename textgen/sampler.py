@@ -106,6 +106,26 @@ def filter_top_p(logits: np.ndarray, p: float) -> np.ndarray:
     return np.where(drop, -np.inf, logits).astype(np.float32)
 
 
+def forbid_glue(logits: np.ndarray, previous: np.ndarray, ends_word: np.ndarray,
+                starts_word: np.ndarray) -> np.ndarray:
+    """Refuse a token starting with a word character right after one ending with one.
+
+    Word level: such a pair writes two words as one ("the" + "cat" -> "thecat"); the
+    tokenizer never makes one from text (see `tokenizer.word_edges`). A row where the rule
+    would leave no token at all is left as it was.
+
+    Args:
+        logits: (batch, vocab).
+        previous: (batch,) each row's previous token id.
+        ends_word, starts_word: (vocab,) bool, which tokens end / start with a word character.
+    """
+    logits = np.asarray(logits, np.float32)
+    refused = ends_word[previous][:, None] & starts_word[None, :]  # (batch, vocab)
+    out = np.where(refused, -np.inf, logits).astype(np.float32)
+    left = (out > -np.inf).any(axis=-1, keepdims=True)  # (batch, 1)
+    return np.where(left, out, logits)
+
+
 def draw(logits: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Sample one token per row from softmax(logits) by inverting its CDF at u (batch,)."""
     cdf = np.cumsum(softmax(logits), axis=-1)  # (batch, vocab)
@@ -120,8 +140,9 @@ def sample(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0, top_k: i
            recent: np.ndarray | None = None) -> np.ndarray:
     """Next token ids (batch,) from logits (batch, vocab) with every control applied.
 
-    Order: repetition penalty (over `recent`), temperature (0 = greedy), top-k, top-p, draw
-    with the uniforms u (batch,). Filtering after temperature matters for top-p only.
+    Order: repetition penalty (over `recent`), temperature (0 = greedy), top-k (0 or None =
+    off), top-p, draw with the uniforms u (batch,). Filtering after temperature matters for
+    top-p only.
     """
     if penalty is not None and penalty != 1.0 and recent is not None:
         logits = repetition_penalty(logits, recent, penalty)
@@ -131,7 +152,7 @@ def sample(logits: np.ndarray, u: np.ndarray, temperature: float = 1.0, top_k: i
     # then sends the others to -inf instead of overflowing the largest to +inf (NaN).
     logits = np.asarray(logits, np.float32)
     logits = apply_temperature(logits - logits.max(axis=-1, keepdims=True), temperature)
-    if top_k is not None:
+    if top_k:
         logits = filter_top_k(logits, top_k)
     if top_p is not None:
         logits = filter_top_p(logits, top_p)

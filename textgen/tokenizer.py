@@ -2,63 +2,83 @@
 
 Three levels:
 - char: every character (newlines, tabs, emoji, CJK ...) is one token; round-trips any text.
-- word: words, single punctuation marks and whitespace runs are tokens; round-trips
-  exactly except words outside the (capped) vocabulary, which become [UNK].
+- word: a word or a punctuation mark with the one space before it (" the", " ,", "The"),
+  and whitespace runs; round-trips exactly except words outside the (capped) vocabulary,
+  which become [UNK]. Bundles made before carry the older scheme (words, punctuation
+  marks and whitespace runs apart) in their tokenizer.json and keep working.
 - bpe: byte-level BPE (GPT-2 style) with a vocabulary of --vocab-size; round-trips any text.
 
 All are plain `tokenizers.Tokenizer` objects, so the saved `tokenizer.json` loads with
-`Tokenizer.from_file` anywhere. Every vocabulary starts with [UNK] (id 0) and [DOC] (id 1),
-the separator written between the files of a corpus. Char level also has a NumPy bulk
-encoder (~100x faster than `Tokenizer.encode` on one core) tested to give identical ids.
-Tokenizers are built from an iterable of text pieces, so a corpus can be streamed.
+`Tokenizer.from_file` anywhere; `lowercase` puts a `normalizers.Lowercase` in it, so every
+user of the file folds case the same way. Every vocabulary starts with [UNK] (id 0) and
+[DOC] (id 1), the separator written between the files of a corpus; both are plain
+vocabulary entries, never matched in text (a literal "[DOC]" is ordinary characters).
+Char level also has a NumPy bulk encoder (~100x faster than `Tokenizer.encode` on one
+core) tested to give identical ids. Tokenizers are built from an iterable of text pieces,
+so a corpus can be streamed.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Iterator
 
 import numpy as np
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 UNK = "[UNK]"
 DOC = "[DOC]"  # document separator: written between files as an id, never produced from text
 SPECIAL_TOKENS = (UNK, DOC)
 # Oniguruma's (?m) is "dot matches newline": every character becomes its own piece.
 _CHAR_PATTERN = r"(?m)."
-# A word, one punctuation mark, or a run of whitespace: every character lands in a token.
-_WORD_PATTERN = r"\w+|[^\w\s]|\s+"
-# Word-level text is encoded in pieces that end where a newline is followed by a
-# non-space, a place where the pre-tokenizer always splits; this keeps ids identical.
-# The same cut is exact for byte-level BPE, whose GPT-2 pre-tokenizer never joins a newline
-# to a following non-space; Python's \S is narrower than the Rust regex's, so it errs safe.
-_WORD_CHUNK_BOUNDARY = re.compile(r"(?<=\n)(?=\S)")
-# Fallback cut for text without such newlines: before a space that follows a non-space
-# (no word, punctuation or BPE piece has a space after a non-space inside it).
+# A word or one punctuation mark, each with the single space before it if there is one,
+# or whitespace (a run's last space goes to the word after it, as in GPT-2's pre-tokenizer):
+# every character lands in a token, and two words only touch where the text has them touch.
+_WORD_PATTERN = r" ?\w+| ?[^\w\s]|\s+(?!\S)|\s+"
+# The word level of bundles made before: words, punctuation marks and whitespace runs apart
+# (the model had to learn to put a space between two words). Still loaded and encoded.
+_LEGACY_WORD_PATTERN = r"\w+|[^\w\s]|\s+"
+# What build_tokenizer makes; part of the token cache key, so bump it whenever the tokens
+# a level makes change (2: words carry their space, special tokens unreachable from text).
+SCHEME = 2
+# Text is encoded in pieces cut where no token of any level can span: before a newline
+# (preferred: pieces end at line ends) or a space that follows a non-space. No token of
+# either word pattern or of GPT-2's byte-level pattern has whitespace after a non-space
+# inside it, and a token starting at the cut sees the same text whether cut or not (the
+# patterns' only look-around, \s+(?!\S), looks ahead from a whitespace run, never across
+# the non-space before the cut). The literal space and newline are whitespace to every
+# regex engine, and Python's \S is narrower than Oniguruma's and Rust's, so it errs safe.
+_LINE_BOUNDARY = re.compile(r"(?<=\S)(?=\n)")
 _SPACE_BOUNDARY = re.compile(r"(?<=\S)(?= )")
 _CHUNK_CHARS = 1 << 20
+# A piece with no safe cut is carried on up to this many characters, then cut anyway.
+MAX_PIECE_CHARS = 1 << 24
 
 
-def build_tokenizer(texts: Iterable[str], level: str, vocab_size: int = 20_000) -> Tokenizer:
+def build_tokenizer(texts: Iterable[str], level: str, vocab_size: int = 20_000,
+                    lowercase: bool = False) -> Tokenizer:
     """Train a tokenizer of the given level on `texts`, streamed piece by piece.
 
     Args:
         texts: the corpus, as any iterable of strings (pieces may be cut anywhere for char
             level; for word and bpe cut them with `safe_cut` so no token is split).
         level: "char", "word" or "bpe".
-        vocab_size: vocabulary cap for word and bpe (the two special tokens included);
-            char level keeps every character seen, however many.
+        vocab_size: vocabulary cap for word and bpe (the two special tokens included); word
+            level keeps the most frequent tokens; char level keeps every character seen.
+        lowercase: fold case (a `normalizers.Lowercase` inside the tokenizer).
     """
     if level == "char":
         seen = np.zeros(0, bool)  # seen[code point]: grown as larger code points turn up
         for text in texts:
-            points = code_points(text)  # (n_chars,)
+            points = _folded_points(text) if lowercase else code_points(text)  # (n_chars,)
             if len(points):
                 seen = np.pad(seen, (0, max(0, int(points.max()) + 1 - len(seen))))
                 seen[points] = True
         seen[0xD800:0xE000] = False  # lone surrogates cannot be tokens: they stay [UNK]
-        return char_tokenizer(np.flatnonzero(seen))
+        return char_tokenizer(np.flatnonzero(seen), lowercase)
     if level == "word":
         tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
         tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(_WORD_PATTERN), "isolated")
@@ -75,21 +95,39 @@ def build_tokenizer(texts: Iterable[str], level: str, vocab_size: int = 20_000) 
                                       show_progress=False)
     else:
         raise ValueError(f"unknown tokenizer level {level!r}")
+    if lowercase:
+        tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.train_from_iterator(texts, trainer)
-    return tokenizer
+    return _unmatched_specials(tokenizer)
 
 
-def char_tokenizer(points: Iterable[int]) -> Tokenizer:
+def _unmatched_specials(tokenizer: Tokenizer) -> Tokenizer:
+    """The tokenizer with its special tokens kept in the vocabulary but no longer "added tokens".
+
+    Trainers register special tokens as added tokens, which `encode` matches in raw text
+    before pre-tokenizing: a corpus containing the text "[DOC]" would get separators that
+    are not there. As plain vocabulary entries they keep their ids and decode as before,
+    and no pre-token can equal one (the patterns split "[" from "DOC").
+    """
+    spec = json.loads(tokenizer.to_str())
+    spec["added_tokens"] = []
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+def char_tokenizer(points: Iterable[int], lowercase: bool = False) -> Tokenizer:
     """A char-level tokenizer over the given code points: ids [UNK], [DOC], then by code point.
 
     Built directly rather than with WordLevelTrainer, whose per-character pre-tokenizing
     runs at ~1.6 MB/s (a streamed pass only has to collect the set of characters).
     The special tokens are plain vocabulary entries, not "added tokens", so a literal
     "[DOC]" in a text is five characters to `Tokenizer.encode` exactly as to CharTable.
+    With `lowercase` the points should be folded already (`build_tokenizer` does it).
     """
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     vocab.update({chr(int(cp)): len(SPECIAL_TOKENS) + i for i, cp in enumerate(sorted(points))})
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    if lowercase:
+        tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(_CHAR_PATTERN), "isolated")
     tokenizer.decoder = decoders.Fuse()
     return tokenizer
@@ -103,24 +141,84 @@ def code_points(text: str) -> np.ndarray:
 
 
 def tokenizer_level(tokenizer: Tokenizer) -> str:
-    """Recognise which textgen level a tokenizer was built for."""
-    pre = json.loads(tokenizer.to_str()).get("pre_tokenizer") or {}
+    """Recognise which textgen level a tokenizer was built for (either word scheme is "word");
+    worked out once per tokenizer."""
+    return _known(tokenizer)[0]
+
+
+def spec_level(spec: dict) -> str:
+    """The textgen level a tokenizer's JSON description (`to_str()`, tokenizer.json) is of."""
+    pre = spec.get("pre_tokenizer") or {}
+    if (spec.get("normalizer") or {}).get("type", "Lowercase") != "Lowercase":
+        raise ValueError("tokenizer was not made by textgen")  # CharTable would not match it
     if pre.get("type") == "ByteLevel":
         return "bpe"
     pattern = (pre.get("pattern") or {}).get("Regex")
-    levels = {_CHAR_PATTERN: "char", _WORD_PATTERN: "word"}
+    levels = {_CHAR_PATTERN: "char", _WORD_PATTERN: "word", _LEGACY_WORD_PATTERN: "word"}
     if pre.get("type") != "Split" or pattern not in levels:
         raise ValueError("tokenizer was not made by textgen")
     return levels[pattern]
 
 
+# Per tokenizer, its level and (char level) its CharTable: `to_str()` serialises the whole
+# vocabulary (~0.1 s at 200K tokens), far too slow to repeat on every encode.
+_KNOWN: "weakref.WeakKeyDictionary[Tokenizer, tuple[str, CharTable | None]]" = weakref.WeakKeyDictionary()
+
+
+def _known(tokenizer: Tokenizer) -> "tuple[str, CharTable | None]":
+    known = _KNOWN.get(tokenizer)
+    if known is None:
+        level = spec_level(json.loads(tokenizer.to_str()))
+        known = _KNOWN[tokenizer] = (level, CharTable(tokenizer) if level == "char" else None)
+    return known
+
+
+def folds_case(tokenizer: Tokenizer) -> bool:
+    """Whether the tokenizer lowercases text before splitting it (trained with `lowercase`)."""
+    return isinstance(tokenizer.normalizer, normalizers.Lowercase)
+
+
+def word_edges(tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray] | None:
+    """Which tokens end, and which start, with a word character: (ends, starts), bool (vocab,).
+
+    A word token straight after a token ending in a word character glues two words
+    ("thecat"); `sampler.forbid_glue` refuses it. Characters are classified by asking the
+    tokenizer's own pre-tokenizer whether it keeps "a" and the character together, so the
+    rule is the tokenizer's: its greedy \\w+ never ends a token between two word characters,
+    hence no encoded corpus has such a pair, and refusing them never refuses what the corpus
+    does. Special tokens are neither. None below word level (char tokens and BPE
+    subwords join letters legitimately).
+    """
+    if tokenizer_level(tokenizer) != "word":
+        return None
+    split = tokenizer.pre_tokenizer.pre_tokenize_str
+
+    @functools.cache
+    def is_word(ch: str) -> bool:
+        return len(split("a" + ch)) == 1
+
+    vocab = tokenizer.get_vocab()
+    ends, starts = np.zeros(len(vocab), bool), np.zeros(len(vocab), bool)
+    for token, i in vocab.items():
+        if token and token not in SPECIAL_TOKENS:
+            ends[i], starts[i] = is_word(token[-1]), is_word(token[0])
+    return ends, starts
+
+
 def encode(tokenizer: Tokenizer, text: str) -> np.ndarray:
     """Token ids of `text` as int32, shape (n_tokens,)."""
-    if tokenizer_level(tokenizer) == "char":
-        return CharTable(tokenizer).encode(text)
+    level, table = _known(tokenizer)
+    if table is not None:
+        return table.encode(text)
     chunks = _word_chunks(text)
     ids = [np.asarray(e.ids, dtype=np.int32) for e in tokenizer.encode_batch(chunks)]
     return np.concatenate(ids) if ids else np.zeros(0, np.int32)
+
+
+def is_panic(err: BaseException) -> bool:
+    """Whether `err` is a Rust panic inside `tokenizers` (pyo3's PanicException, which is a
+    BaseException: `except Exception` lets it through)."""
+    return type(err).__name__ == "PanicException"
 
 
 def decode(tokenizer: Tokenizer, ids: Iterable[int]) -> str:
@@ -129,8 +227,11 @@ def decode(tokenizer: Tokenizer, ids: Iterable[int]) -> str:
 
 
 def unknown_characters(tokenizer: Tokenizer, text: str) -> list[str]:
-    """Characters of `text` the (char-level) vocabulary lacks, in order of appearance."""
+    """Characters of `text` the (char-level) vocabulary lacks, in order of appearance (folded
+    to lowercase first if the tokenizer folds case)."""
     vocab = tokenizer.get_vocab()
+    if folds_case(tokenizer):
+        text = tokenizer.normalizer.normalize_str(text)
     return list(dict.fromkeys(ch for ch in text if ch not in vocab))
 
 
@@ -140,11 +241,13 @@ class CharTable:
     Hand-written because `tokenizers` encodes characters one pre-token at a time
     (~1.6 MB/s); a table gather does the same mapping at memory speed, and the tests
     check it against `Tokenizer.encode`. Feed it any pieces of a text, cut anywhere.
+    A tokenizer that folds case gets its text folded by the same table `Lowercase` uses.
     """
 
     def __init__(self, tokenizer: Tokenizer, dtype=np.int32):
         vocab = tokenizer.get_vocab()
         self.unk_id = vocab[UNK]
+        self.lowercase = folds_case(tokenizer)
         chars = {ord(tok): i for tok, i in vocab.items() if len(tok) == 1}
         # At least 256 slots, so ASCII bytes index it unchecked; the slot past the largest
         # known code point catches every unknown one.
@@ -154,21 +257,81 @@ class CharTable:
 
     def encode(self, text: str) -> np.ndarray:
         """Ids of `text`, shape (n_chars,), in the table's dtype (int32 unless asked)."""
-        points = code_points(text)  # (n_chars,) uint8 for ASCII, else uint32
+        points = _folded_points(text) if self.lowercase else code_points(text)  # (n_chars,) uint8 for ASCII, else uint32
         if points.dtype == np.uint32:
             points = np.minimum(points, len(self.table) - 1)  # unknown code points -> last slot
         return self.table[points]
+
+
+# Planes 2-16 hold ideographs, tags and private use: no character there has a lowercase.
+_CASED_PLANES_END = 0x20000
+
+
+@functools.cache
+def _case_folding() -> tuple[np.ndarray, dict[str, str]]:
+    """How `normalizers.Lowercase` maps each code point: (fold, expansions).
+
+    fold (0x110000,) uint32 maps a code point to its lowercase one; expansions holds the
+    few characters whose lowercase is longer ("İ" -> "i̇"). Asked of `tokenizers` itself,
+    one character at a time as it folds them (Python's str.lower differs: final sigma,
+    and its Unicode version), in one call over every code point of planes 0-1 (~0.1 s).
+    """
+    points = np.arange(1, _CASED_PLANES_END, dtype=np.uint32)
+    points = points[(points < 0xD800) | (points >= 0xE000)]  # surrogates are no characters
+    probe = np.zeros((len(points), 2), np.uint32)  # each character followed by a NUL separator
+    probe[:, 0] = points
+    text = probe.tobytes().decode("utf-32-le")
+    out = code_points(normalizers.Lowercase().normalize_str(text)).astype(np.uint32)
+    ends = np.flatnonzero(out == 0)  # (len(points),) where each character's lowercase ends
+    starts = np.r_[0, ends[:-1] + 1]
+    single = ends - starts == 1
+    fold = np.arange(0x110000, dtype=np.uint32)
+    fold[points[single]] = out[starts[single]]
+    expansions = {chr(points[i]): "".join(map(chr, out[starts[i] : ends[i]])) for i in np.flatnonzero(~single)}
+    return fold, expansions
+
+
+def _folded_points(text: str) -> np.ndarray:
+    """Code points of `text` lowercased exactly as `normalizers.Lowercase` does: (n,) uint32."""
+    fold, expansions = _case_folding()
+    if not text.isascii():
+        for ch, lower in expansions.items():
+            if ch in text:
+                text = text.replace(ch, lower)
+    return fold[code_points(text)]
 
 
 def safe_cut(text: str) -> int:
     """The last place `text` can be cut without changing its word/bpe tokens (0: none)."""
     tail = max(0, len(text) - 65_536)  # the last boundary is almost always near the end
     for start in dict.fromkeys((tail, 0)):
-        for pattern in (_WORD_CHUNK_BOUNDARY, _SPACE_BOUNDARY):
+        for pattern in (_LINE_BOUNDARY, _SPACE_BOUNDARY):
             cuts = [m.start() for m in pattern.finditer(text, start)]
             if cuts and cuts[-1] > 0:
                 return cuts[-1]
     return 0
+
+
+def token_pieces(texts: Iterable[str], level: str, max_chars: int = MAX_PIECE_CHARS) -> Iterator[str]:
+    """Text chunks re-cut where no token of `level` spans, so each piece encodes on its own.
+
+    Char level: any cut is safe, the chunks pass through. Word and bpe: each piece ends at
+    its last `safe_cut` and the rest joins the next chunk; text with no safe place (no
+    space or line start) is carried on until it is `max_chars` long, then passed on whole,
+    so memory stays bounded: only such text can have a token split.
+    """
+    if level == "char":
+        yield from texts
+        return
+    carry = ""
+    for text in texts:
+        text = carry + text
+        cut = safe_cut(text) or (len(text) if len(text) >= max_chars else 0)
+        text, carry = text[:cut], text[cut:]
+        if text:
+            yield text
+    if carry:
+        yield carry
 
 
 def _word_chunks(text: str, size: int | None = None) -> list[str]:
@@ -180,7 +343,7 @@ def _word_chunks(text: str, size: int | None = None) -> list[str]:
     chunks, start = [], 0
     while start < len(text):
         end = start + size
-        match = _WORD_CHUNK_BOUNDARY.search(text, end) if end < len(text) else None
+        match = _LINE_BOUNDARY.search(text, end) if end < len(text) else None
         stop = match.start() if match else len(text)
         chunks.append(text[start:stop])
         start = stop

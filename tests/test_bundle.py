@@ -1,17 +1,13 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from textgen.checkpoint import BundleError, load_bundle
-
-
-@pytest.fixture
-def bundle_copy(tiny_bundle, tmp_path):
-    target = tmp_path / "copy"
-    shutil.copytree(tiny_bundle, target)
-    return target
+from tests.conftest import OLD_BUNDLE, with_added_fields
+from textgen.bundle import BundleError, load_bundle, save_bundle
+from textgen.corpus_cache import sha256_file
 
 
 def test_bundle_holds_config_tokenizer_and_weights(tiny_bundle):
@@ -64,8 +60,6 @@ def test_config_disagreeing_with_weights_is_refused(bundle_copy):
 
 def _rewrite(bundle, edit_config=None, **replace_files):
     """Edit a bundle's files, then update config.json's hashes so only the edit is wrong."""
-    from textgen.checkpoint import sha256_file
-
     for name, data in replace_files.items():
         (bundle / name.replace("_", ".", 1).replace("_", ".")).write_bytes(data)
     path = bundle / "config.json"
@@ -162,8 +156,6 @@ POINTS = ["files-written", "previous-kept", "weights-renamed", "tokenizer-rename
 
 @pytest.mark.parametrize("point", POINTS)
 def test_full_disk_at_any_point_of_a_save_keeps_the_previous_bundle(bundle_copy, monkeypatch, point):
-    from textgen.checkpoint import save_bundle
-
     before = load_bundle(bundle_copy)
     changed = [w + 1.0 for w in before.model.get_weights()]
     before.model.set_weights(changed)
@@ -195,7 +187,6 @@ def load_bundle_weights_of(bundle):
 @pytest.mark.timeout(300)
 def test_kill_during_a_save_leaves_the_previous_bundle_loadable(tmp_path):
     from tests.conftest import TINY, Child, make_text
-    from textgen.checkpoint import sha256_file
 
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(), encoding="utf-8")  # 41 steps per epoch: a save after each
@@ -211,9 +202,88 @@ def test_kill_during_a_save_leaves_the_previous_bundle_loadable(tmp_path):
     assert bundle.state == document["state"] and bundle.state["epoch"] == 1
 
 
-def test_resume_state_survives_a_crash_between_its_two_renames(bundle_copy):
-    from textgen.checkpoint import load_resume_state
+def test_a_bundle_saved_by_earlier_code_loads_and_saves_back_identically(tmp_path):
+    from textgen.bundle import bundle_info
 
-    expected = load_resume_state(bundle_copy).progress
-    (bundle_copy / "resume").rename(bundle_copy / ".resume-old")  # where a crash mid-swap leaves it
-    assert load_resume_state(bundle_copy).progress == expected
+    old = shutil.copytree(OLD_BUNDLE, tmp_path / "old")
+    before = json.loads((old / "config.json").read_text())
+    bundle = load_bundle(old)
+    before = with_added_fields(before)
+    assert bundle.state == before["state"] and bundle.config.to_dict() == before["config"]
+    assert bundle_info(old)["parameters"] == bundle.model.count_params() == 488
+    save_bundle(old, bundle.model, bundle.tokenizer, bundle.config, bundle.state)
+    after = json.loads((old / "config.json").read_text())
+    assert set(after["versions"]) == set(before["versions"])
+    assert {**after, "versions": None} == {**before, "versions": None}  # same document, same file hashes
+
+
+def test_info_reads_config_json_alone_and_imports_no_tensorflow(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    old = shutil.copytree(OLD_BUNDLE, tmp_path / "old")
+    (old / "model.weights.h5").write_bytes(b"not HDF5")  # info must not even look at the weights
+    (old / "tokenizer.json").unlink()
+    script = ("import json, sys; from textgen.cli import main; code = main(['info', sys.argv[1], '--json']); "
+              "print(json.dumps([code, [m for m in ('tensorflow', 'keras', 'h5py') if m in sys.modules]]))")
+    done = subprocess.run([sys.executable, "-c", script, str(old)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    *info, last = done.stdout.splitlines()
+    assert json.loads(last) == [0, []], done.stderr[-2000:]
+    assert json.loads("\n".join(info))["parameters"] == 488  # what Keras counts (test above)
+
+
+def _with_tokenizer(bundle, edit):
+    """Rewrite a bundle's tokenizer.json through `edit(spec)` and record its new sha256."""
+    import hashlib
+    import json
+
+    spec = json.loads((bundle / "tokenizer.json").read_text(encoding="utf-8"))
+    edit(spec)
+    data = json.dumps(spec).encode()
+    (bundle / "tokenizer.json").write_bytes(data)
+    config = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
+    config["files"]["tokenizer.json"] = hashlib.sha256(data).hexdigest()
+    (bundle / "config.json").write_text(json.dumps(config), encoding="utf-8")
+
+
+@pytest.mark.parametrize("part, value", [
+    ("normalizer", {"type": "Sequence", "normalizers": [
+        {"type": "Replace", "pattern": {"Regex": "^"}, "content": " "},
+        {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True, "strip_accents": None,
+         "lowercase": True}]}),
+    ("pre_tokenizer", {"type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": False}),
+    ("decoder", {"type": "Replace", "pattern": {"String": "a"}, "content": "b"}),
+    ("post_processor", {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}),
+])
+def test_tokenizer_parts_textgen_does_not_write_are_refused_on_load(bundle_copy, capsys, part, value):
+    from textgen.cli import main
+
+    _with_tokenizer(bundle_copy, lambda spec: spec.__setitem__(part, value))
+    with pytest.raises(BundleError, match="not a textgen tokenizer"):
+        load_bundle(bundle_copy)
+    assert main(["generate", str(bundle_copy), "--length", "5"]) == 2  # one line, never a panic's traceback
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a textgen tokenizer" in err[0]
+
+
+def test_a_lowercasing_word_tokenizer_is_accepted(tiny_bundle):
+    from textgen.bundle import check_tokenizer_parts
+
+    spec = {"normalizer": {"type": "Lowercase"}, "model": {"type": "WordLevel"}, "decoder": {"type": "Fuse"},
+            "pre_tokenizer": {"type": "Split", "pattern": {"Regex": r"\w+|[^\w\s]|\s+"}}, "post_processor": None}
+    check_tokenizer_parts(spec)
+
+
+def test_encoding_never_reserialises_the_tokenizer(tiny_bundle):
+    from textgen.generate import load
+
+    generator = load(tiny_bundle)
+
+    def refuse():
+        raise AssertionError("to_str() called after load")
+
+    generator.tokenizer.to_str = refuse  # an instance attribute shadows the method
+    assert generator.encode_prime("The cat").shape == (7,)
+    assert generator.generate("The", length=5, seed=1).startswith("The")

@@ -1,36 +1,34 @@
-"""Checkpoint bundles: one folder holding everything needed to generate or continue.
+"""Bundles: one folder holding everything needed to generate or continue.
 
     checkpoints/NAME/
         config.json         format_version, versions, the whole Config, training state,
                             and the sha256 of the two files below
         tokenizer.json      a `tokenizers.Tokenizer`
         model.weights.h5    Keras weights (HDF5, no pickle, no code)
+        resume/             the resume state (textgen.resume)
 
-Writing is crash-consistent: every new file is written under a temporary name and
-fsynced; the current weights and tokenizer are hard-linked to `.prev.*` names; the
-new files are renamed into place and config.json (naming the hashes of the files it
-belongs with) goes last. A crash at any point leaves config.json whose hashed files
-are on disk, either under their own names or as `.prev.*`, and loading picks them by
-hash, so the last complete bundle always loads and a torn pair is never paired.
+Writing is crash-consistent (textgen.atomic): every new file is written under a
+temporary name and fsynced; the current weights and tokenizer are hard-linked to
+`.prev.*` names; the new files are renamed into place and config.json (naming the
+hashes of the files it belongs with) goes last. A crash at any point leaves config.json
+whose hashed files are on disk, either under their own names or as `.prev.*`, and
+loading picks them by hash, so the last complete bundle always loads and a torn pair is
+never paired. A save's fault points: files-written, previous-kept, weights-renamed,
+tokenizer-renamed, config-renamed.
 
 Loading rebuilds the architecture from a validated config.json, checks that the
 weights file holds exactly the variables (names, shapes, float dtype) that
 architecture has and nothing else (no links to other files), then loads them and
 refuses non-finite values: opening a bundle never deserializes code from it, and a
-bundle is loaded whole or refused, never half-loaded.
-
-Fault injection for tests (kill -9 and full-disk at a chosen moment of a save):
-TEXTGEN_CRASH_AT=POINT[:N] ends the process with os._exit at the N-th time (default
-1st) a save reaches POINT; TEXTGEN_FAIL_AT=POINT[:N] raises ENOSPC there instead.
-POINTs: files-written, previous-kept, weights-renamed, tokenizer-renamed, config-renamed.
+bundle is loaded whole or refused, never half-loaded. `bundle_info` reads config.json
+alone and imports neither TensorFlow nor Keras.
 """
 
 from __future__ import annotations
 
-import errno
 import json
+import math
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +37,11 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from textgen import __version__
+from textgen.atomic import (commit, fault_point, fsync, link_or_copy, remove_stale_temporaries, temporary_name,
+                            unlink, write_json_atomic)
 from textgen.config import FORMAT_VERSION, Config, ConfigError, TextgenError
 from textgen.corpus_cache import sha256_file
-from textgen.tokenizer import tokenizer_level
+from textgen.tokenizer import is_panic, spec_level, tokenizer_level
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -50,7 +50,6 @@ PREVIOUS = ".prev."  # prefix of the last complete bundle's files while a save i
 _TOP_KEYS = {"format_version", "versions", "config", "state", "files"}
 OPTIMIZER_GROUP = "optimizer/"  # where Keras saves a compiled model's optimizer variables
 _MAX_CONFIG_BYTES = 1 << 20  # a real config.json is a few KB; refuse to parse a huge one
-_CRASH_EXIT = 137  # what a kill -9 looks like to a shell
 
 
 class BundleError(TextgenError):
@@ -68,6 +67,15 @@ class Bundle:
     state: dict[str, Any] = field(default_factory=dict)  # epoch, step, val_loss, ...
 
 
+def build_document(config: Config, state: dict, files: dict[str, str]) -> dict[str, Any]:
+    """The JSON document of a bundle's config.json and of a resume state's state.json.
+
+    `files`: {file name: sha256} of the files the document vouches for.
+    """
+    return {"format_version": FORMAT_VERSION, "versions": _versions(),
+            "config": config.to_dict(), "state": state, "files": files}
+
+
 def save_bundle(path: Path, model, tokenizer: Tokenizer, config: Config, state: dict) -> Path:
     """Write a bundle crash-consistently (see the module docstring); return its folder.
 
@@ -76,25 +84,23 @@ def save_bundle(path: Path, model, tokenizer: Tokenizer, config: Config, state: 
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
-    weights_tmp = path / f".tmp-{os.getpid()}.{WEIGHTS_FILE}"  # Keras insists on the .weights.h5 suffix
-    tokenizer_tmp = path / f".tmp-{os.getpid()}.{TOKENIZER_FILE}"
+    remove_stale_temporaries(path)
+    weights_tmp, tokenizer_tmp = temporary_name(path / WEIGHTS_FILE), temporary_name(path / TOKENIZER_FILE)
     renamed: list[str] = []
     files: dict[str, str] = {}
     try:
         model.save_weights(str(weights_tmp))
         tokenizer.save(str(tokenizer_tmp))
         for tmp in (weights_tmp, tokenizer_tmp):
-            _fsync(tmp)
+            fsync(tmp)
         files = {WEIGHTS_FILE: sha256_file(weights_tmp), TOKENIZER_FILE: sha256_file(tokenizer_tmp)}
-        document = {"format_version": FORMAT_VERSION, "versions": _versions(),
-                    "config": config.to_dict(), "state": state, "files": files}
+        document = build_document(config, state, files)
         fault_point("files-written")
         _keep_previous(path)
         fault_point("previous-kept")
         for tmp, name, point in ((weights_tmp, WEIGHTS_FILE, "weights-renamed"),
                                  (tokenizer_tmp, TOKENIZER_FILE, "tokenizer-renamed")):
-            _commit(tmp, path / name)
+            commit(tmp, path / name)
             renamed.append(name)
             fault_point(point)
         write_json_atomic(path / CONFIG_FILE, document)
@@ -105,7 +111,7 @@ def save_bundle(path: Path, model, tokenizer: Tokenizer, config: Config, state: 
             raise BundleError(f"{path}: could not save the bundle ({err.strerror or err}); "
                               "the previous bundle is kept") from None
     for name in (WEIGHTS_FILE, TOKENIZER_FILE):
-        _unlink(path / (PREVIOUS + name))  # config.json now names the new files
+        unlink(path / (PREVIOUS + name))  # config.json now names the new files
     return path
 
 
@@ -130,14 +136,14 @@ def _keep_previous(path: Path) -> None:
     for name in (WEIGHTS_FILE, TOKENIZER_FILE):
         current, previous = path / name, path / (PREVIOUS + name)
         if current.is_file() and sha256_file(current) == hashes.get(name):
-            _unlink(previous)
-            _link_or_copy(current, previous)
+            unlink(previous)
+            link_or_copy(current, previous)
 
 
 def _roll_back(path: Path, renamed: list[str], temporaries: list[Path]) -> None:
     """Undo a failed save as far as the disk allows; loading copes with whatever is left."""
     for tmp in temporaries:
-        _unlink(tmp)
+        unlink(tmp)
     for name in renamed:
         previous = path / (PREVIOUS + name)
         if previous.is_file():
@@ -147,61 +153,25 @@ def _roll_back(path: Path, renamed: list[str], temporaries: list[Path]) -> None:
                 pass
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Temporary files of saves that died (kill -9) are garbage: one writer per bundle."""
-    for stale in path.glob(".tmp-*"):
-        _unlink(stale)
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:  # FAT, some network file systems: no hard links
-        shutil.copyfile(source, target)
-        _fsync(target)
-
-
-def _unlink(file: Path) -> None:
-    try:
-        file.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError:
-        pass  # left-over files are harmless: loading goes by config.json's hashes
-
-
-def fault_point(point: str) -> None:
-    """Crash (TEXTGEN_CRASH_AT) or fail with ENOSPC (TEXTGEN_FAIL_AT) here, for tests.
-
-    The value is POINT or POINT:N: the N-th time this point is reached while the
-    variable holds that value. Hand-written because no library injects faults between
-    two renames of our own.
-    """
-    for variable in ("TEXTGEN_CRASH_AT", "TEXTGEN_FAIL_AT"):
-        value = os.environ.get(variable, "")
-        wanted, _, nth = value.partition(":")
-        if wanted != point:
-            continue
-        _hits[(variable, value)] = _hits.get((variable, value), 0) + 1
-        if _hits[(variable, value)] == int(nth or 1):
-            if variable == "TEXTGEN_CRASH_AT":
-                os._exit(_CRASH_EXIT)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
-_hits: dict[tuple[str, str], int] = {}
-
-
 def load_bundle(path: Path | str) -> Bundle:
     """Load and verify a bundle; any inconsistency raises BundleError with one clear line."""
     path = Path(path)
     document, config = read_document(path)
     if config.model.vocab_size < 2:
         raise BundleError(f"{path}: invalid config.json (model.vocab_size must be at least 2)")
-    weights = _pick_file(path, WEIGHTS_FILE, document["files"])
-    tokenizer = _load_tokenizer(_pick_file(path, TOKENIZER_FILE, document["files"]), config)
+    weights = pick_file(path, WEIGHTS_FILE, document["files"])
+    tokenizer = load_tokenizer(pick_file(path, TOKENIZER_FILE, document["files"]), config)
     model = _load_model(weights, config)
     return Bundle(path, config, tokenizer, model, dict(document["state"]))
+
+
+def read_document(path: Path, name: str = CONFIG_FILE) -> tuple[dict[str, Any], Config]:
+    """config.json (or resume/state.json) of a folder, and the validated Config in it."""
+    document = read_config(path, name)
+    try:
+        return document, Config.from_dict(document["config"])
+    except (ConfigError, TypeError) as err:
+        raise BundleError(f"{path}: invalid {name} ({err})") from None
 
 
 def read_config(path: Path, name: str = CONFIG_FILE) -> dict[str, Any]:
@@ -236,13 +206,8 @@ def read_config(path: Path, name: str = CONFIG_FILE) -> dict[str, Any]:
     return document
 
 
-def _verify_files(path: Path, files: dict[str, Any], names=(WEIGHTS_FILE, TOKENIZER_FILE)) -> None:
-    for name in names:
-        _pick_file(path, name, files)
-
-
-def _pick_file(path: Path, name: str, hashes: dict[str, Any]) -> Path:
-    """The file config.json's sha256 names: `name`, or `.prev.name` after a torn save."""
+def pick_file(path: Path, name: str, hashes: dict[str, Any]) -> Path:
+    """The file the document's sha256 names: `name`, or `.prev.name` after a torn save."""
     expected = hashes.get(name)
     for candidate in (path / name, path / (PREVIOUS + name)):
         if candidate.is_file() and sha256_file(candidate) == expected:
@@ -252,11 +217,20 @@ def _pick_file(path: Path, name: str, hashes: dict[str, Any]) -> Path:
     raise BundleError(f"{path / name}: contents do not match the sha256 recorded beside it (torn or edited bundle)")
 
 
-def _load_tokenizer(file: Path, config: Config) -> Tokenizer:
+def load_tokenizer(file: Path, config: Config) -> Tokenizer:
+    """A saved tokenizer, checked against the config's level and vocabulary size.
+
+    Its parts are checked against what textgen writes before `tokenizers` builds anything:
+    a foreign normalizer or regex can make the library panic, here or on every encode.
+    """
     try:
-        tokenizer = Tokenizer.from_file(str(file))
-        level = tokenizer_level(tokenizer)
-    except Exception as err:  # the tokenizers library raises plain Exceptions
+        text = file.read_text(encoding="utf-8")
+        check_tokenizer_parts(json.loads(text))
+        tokenizer = Tokenizer.from_str(text)
+        level = tokenizer_level(tokenizer)  # worked out once here, remembered for every encode
+    except BaseException as err:  # tokenizers raises plain Exceptions, or panics (a BaseException)
+        if not isinstance(err, Exception) and not is_panic(err):
+            raise
         raise BundleError(f"{file}: not a textgen tokenizer ({_first_line(err)})") from None
     if level != config.tokenizer.level:
         raise BundleError(f"{file}: tokenizer is {level} level but config says {config.tokenizer.level}")
@@ -266,6 +240,24 @@ def _load_tokenizer(file: Path, config: Config) -> Tokenizer:
             f"vocab_size {config.model.vocab_size:,}"
         )
     return tokenizer
+
+
+# The parts of a tokenizer.json textgen writes, by type (None: absent). The pre-tokenizer's
+# pattern is one of textgen's own (`spec_level`); word level may lowercase.
+_TOKENIZER_PARTS = {"normalizer": {None, "Lowercase"}, "pre_tokenizer": {"Split", "ByteLevel"},
+                    "model": {"WordLevel", "BPE"}, "decoder": {"Fuse", "ByteLevel"}, "post_processor": {None}}
+
+
+def check_tokenizer_parts(spec: Any) -> None:
+    """Refuse a tokenizer description with any part textgen does not write (ValueError)."""
+    if not isinstance(spec, dict):
+        raise ValueError("not a JSON object")
+    for part, allowed in _TOKENIZER_PARTS.items():
+        value = spec.get(part)
+        kind = value.get("type") if isinstance(value, dict) else value
+        if kind not in allowed:
+            raise ValueError(f"its {part} {kind!r} is not one textgen writes")
+    spec_level(spec)
 
 
 def _load_model(file: Path, config: Config):
@@ -333,152 +325,12 @@ def _expected_layout(model) -> dict[str, tuple[int, ...]]:
         return weights_layout(reference)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def read_document(path: Path, name: str = CONFIG_FILE) -> tuple[dict[str, Any], Config]:
-    """config.json (or resume/state.json) of a folder, and the validated Config in it."""
-    document = read_config(path, name)
-    try:
-        return document, Config.from_dict(document["config"])
-    except (ConfigError, TypeError) as err:
-        raise BundleError(f"{path}: invalid {name} ({err})") from None
-
-
-def write_json_atomic(path: Path, document: Any) -> None:
-    """Write JSON to a temporary file, fsync it and rename it over `path`."""
-    write_text_atomic(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 text to a temporary file, fsync it and rename it over `path`."""
-    tmp = path.with_name(f".tmp-{os.getpid()}.{path.name}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        _commit(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
-def _fsync(file: Path) -> None:
-    with open(file, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _commit(tmp: Path, final: Path) -> None:
-    """fsync a finished temporary file, rename it into place, fsync the folder."""
-    _fsync(tmp)
-    os.replace(tmp, final)
-    folder = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
-def _versions() -> dict[str, str]:
-    import keras
-    import tensorflow as tf
-
-    return {"textgen": __version__, "keras": keras.__version__, "tensorflow": tf.__version__}
-
-
-# ---------------------------------------------------------------------------------
-# Resume state: everything needed to continue a run exactly, in NAME/resume/.
-
-RESUME_DIR = "resume"
-STATE_FILE = "state.json"
-ARRAYS_FILE = "variables.npz"
-
-
-@dataclass
-class ResumeState:
-    """A saved training state: config, tokenizer, every variable, and loop counters."""
-
-    config: Config
-    tokenizer: Tokenizer
-    arrays: dict[str, Any]  # "model/0007" or "optimizer/0012" -> np.ndarray
-    progress: dict[str, Any]  # step, epoch, best_val_loss, wait
-
-
-def save_resume_state(bundle_dir: Path, trainer, tokenizer: Tokenizer, config: Config,
-                      progress: dict) -> Path:
-    """Write the trainer's variables (weights, carried states, dropout seeds) and the
-    optimizer's (moments, iteration) in creation order, crash-consistently.
-
-    The new state is written whole into `.resume-new/`, then swapped in with two
-    renames (`resume` -> `.resume-old`, `.resume-new` -> `resume`); a crash between
-    them leaves `.resume-old`, which loading falls back to.
-    """
-    import numpy as np
-
-    bundle_dir = Path(bundle_dir)
-    new, current, old = (bundle_dir / n for n in (".resume-new", RESUME_DIR, ".resume-old"))
-    shutil.rmtree(new, ignore_errors=True)
-    new.mkdir(parents=True)
-    arrays = {f"model/{i:04d}": v.numpy() for i, v in enumerate(trainer.state_variables())}
-    arrays |= {f"optimizer/{i:04d}": v.numpy() for i, v in enumerate(trainer.optimizer.variables)}
-    with open(new / ARRAYS_FILE, "wb") as f:
-        np.savez(f, **arrays)
-    tokenizer.save(str(new / TOKENIZER_FILE))
-    for name in (ARRAYS_FILE, TOKENIZER_FILE):
-        _fsync(new / name)
-    files = {name: sha256_file(new / name) for name in (ARRAYS_FILE, TOKENIZER_FILE)}
-    document = {"format_version": FORMAT_VERSION, "versions": _versions(), "config": config.to_dict(),
-                "state": progress, "files": files}
-    write_json_atomic(new / STATE_FILE, document)
-    if current.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(current, old)
-        fault_point("resume-swapped")
-    os.replace(new, current)
-    shutil.rmtree(old, ignore_errors=True)
-    return current
-
-
-def load_resume_state(bundle_dir: Path) -> ResumeState:
-    """Read and verify NAME/resume/ (or the previous state a crash left); no pickle."""
-    import numpy as np
-
-    bundle_dir = Path(bundle_dir)
-    folder = next((bundle_dir / n for n in (RESUME_DIR, ".resume-old") if (bundle_dir / n / STATE_FILE).is_file()), None)
-    if folder is None:
-        raise BundleError(f"{bundle_dir}: no resume state to continue from ({bundle_dir / RESUME_DIR} is missing)")
-    document, config = read_document(folder, STATE_FILE)
-    _verify_files(folder, document["files"], (ARRAYS_FILE, TOKENIZER_FILE))
-    tokenizer = _load_tokenizer(folder / TOKENIZER_FILE, config)
-    try:
-        with np.load(folder / ARRAYS_FILE, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as err:
-        raise BundleError(f"{folder / ARRAYS_FILE}: unreadable ({err})") from None
-    return ResumeState(config, tokenizer, arrays, dict(document.get("state") or {}))
-
-
-def restore_variables(variables: list, arrays: dict[str, Any], prefix: str) -> None:
-    """Assign saved arrays to variables in creation order, checking count and shapes."""
-    saved = sorted(key for key in arrays if key.startswith(prefix + "/"))
-    if len(saved) != len(variables):
-        raise BundleError(f"resume state has {len(saved)} {prefix} variables, the run has {len(variables)}")
-    for key, var in zip(saved, variables):
-        if tuple(arrays[key].shape) != tuple(var.shape):
-            raise BundleError(f"resume state {key} has shape {arrays[key].shape}, expected {tuple(var.shape)}")
-        var.assign(arrays[key])
-
-
 def bundle_info(path: Path | str) -> dict[str, Any]:
     """What `textgen info` shows: config, size, training progress and provenance of a bundle.
 
-    Reads config.json only (the weights are not loaded); the parameter count comes from
-    building the network the config describes, so it is exact for any layer type.
+    Reads config.json only: the weights are neither read nor checked, and the parameter
+    count comes from the config (ModelConfig.parameter_count), so no Keras is imported.
     """
-    import math
-
-    from textgen.model import build_model
-
     path = Path(path)
     document, config = read_document(path)
     state = dict(document.get("state") or {})
@@ -488,8 +340,20 @@ def bundle_info(path: Path | str) -> dict[str, Any]:
     return {
         "path": str(path), "name": config.name, "format_version": document["format_version"],
         "versions": document.get("versions", {}), "config": config.to_dict(),
-        "parameters": build_model(config.model).count_params(),
+        "parameters": config.model.parameter_count(),
         "vocab_size": config.model.vocab_size, "level": config.tokenizer.level,
         "epoch": state.get("epoch"), "step": state.get("step"),
         "best_val_loss": best, "best_val_bits_per_char": best_bits, "corpus": config.corpus,
     }
+
+
+def _versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    return {"textgen": __version__, "keras": keras.__version__, "tensorflow": tf.__version__}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
