@@ -15,6 +15,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from textgen import export
+from tests.conftest import TINY
 from textgen.cli import main
 
 STEPS = 50
@@ -83,7 +84,24 @@ def test_export_folder_carries_tokenizer_and_signature(exported, tiny_generator)
     tok = tiny_generator.tokenizer
     assert spec["banned_ids"] == [tok.token_to_id("[UNK]"), tok.token_to_id("[DOC]")]
     assert spec["start_id"] == tok.token_to_id("\n") and spec["lowercase"] is False
+    assert "no_glue" not in spec  # a word-level rule
     assert Tokenizer.from_file(str(folder / "tokenizer.json")).to_str() == tok.to_str()
+
+
+def test_word_level_lowercase_signature_says_so_and_carries_the_no_glue_ids(corpus_file, tmp_path):
+    import textgen
+    from textgen.tokenizer import word_edges
+
+    bundle = textgen.train(str(corpus_file), checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs",
+                           level="word", lowercase=True, max_steps=2, **TINY)
+    folder = export.export(bundle, "saved_model", tmp_path / "out")
+    spec = json.loads((folder / export.SIGNATURE_FILE).read_text())
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    ends, starts = word_edges(tokenizer)
+    assert spec["level"] == "word" and spec["lowercase"] is True
+    assert spec["no_glue"]["ends_word"] == np.flatnonzero(ends).tolist()
+    assert spec["no_glue"]["starts_word"] == np.flatnonzero(starts).tolist()
+    assert tokenizer.encode("The CAT").tokens == tokenizer.encode("the cat").tokens  # tokenizer.json folds case
 
 
 def test_missing_converter_is_one_line_naming_the_extra(tiny_bundle, tmp_path, monkeypatch, capsys):
