@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,10 @@ def test_resumed_run_card_keeps_the_first_call_and_adds_the_resume(corpus_file, 
 
 def test_durations_read_naturally():
     assert [card._duration(s) for s in (7.4, 125, 7260)] == ["7 s", "2 min 5 s", "2 h 1 min"]
+
+
+def test_train_call_shows_the_corpus_and_only_options_that_differ_from_their_defaults():
+    options = {"units": 32, "checkpoint_dir": "checkpoints", "level": "char", "lowercase": True,
+               "log_dir": Path("my runs")}
+    assert card.train_call(["a.txt", Path("b.txt")], options) == (
+        "textgen.train(['a.txt', 'b.txt'], log_dir='my runs', lowercase=True, units=32)")
