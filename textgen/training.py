@@ -211,10 +211,10 @@ def build_callbacks(session: Session, run_dir: Path, run: RunConfig, strategy,
     p, t = session.prepared, session.prepared.config.train
     planned = t.epochs * session.layout.steps
     tokens_per_step = session.layout.batch * session.layout.seq_len
-    bar = monitor.ProgressBar(min(planned, t.max_steps or planned), tokens_per_step, initial=session.first_step)
-    stop = cb.StopOnSignal(bar.write)
     budget = cb.Budget(t.max_steps, t.max_minutes, planned, val_batches=session.val_layout.steps,
                        agree=distribute.worker_mean(strategy))
+    bar = monitor.ProgressBar(budget.expected_steps, tokens_per_step, initial=session.first_step)
+    stop = cb.StopOnSignal(bar.write)
     best = cb.BestBundle(session.save_bundle, t.patience, session.best_val_loss, session.resumed.get("wait", 0),
                          session.resumed.get("epoch", 0))
     control = [stop, budget, cb.CosineSchedule(budget, t.learning_rate), keras.callbacks.TerminateOnNaN(), best,
