@@ -57,6 +57,7 @@ class Budget(keras.callbacks.Callback):
         self.step_time: float | None = None  # the workers' mean step time, once measured
         self.validation_time: float | None = None  # the workers' mean validation time, once measured
         self.measured_at = 0  # the optimizer step `elapsed` and the times above were taken at
+        self.first_elapsed = 0.0  # `elapsed` at the first step's end (tracing), where the pace starts
         self.reason = ""
 
     def progress(self) -> float:
@@ -87,6 +88,8 @@ class Budget(keras.callbacks.Callback):
         self.elapsed, self.step_time, self.validation_time, stopping = self._agreed(
             now - self.start, step, self.validation_seconds, self.model.stop_training)
         self.measured_at = iterations(self.model)
+        if not self.steps_done:
+            self.first_elapsed = self.elapsed
         if self.max_steps is not None and self.measured_at >= self.max_steps:
             self._stop(f"reached --max-steps {self.max_steps:,}")
         elif self.seconds is not None and self._out_of_time():
@@ -111,16 +114,21 @@ class Budget(keras.callbacks.Callback):
 
     def expected_steps(self) -> int | None:
         """The step training should end at (the progress bar's total): --max-steps or the
-        planned epochs, or sooner where --max-minutes runs out at the measured step and
-        validation times; None while a time budget has no step time measured yet."""
+        planned epochs, or sooner where --max-minutes runs out at the pace so far; None
+        while a time budget has no step time measured yet.
+
+        The pace is wall time per step since the first, so the validations and saves that
+        recur every epoch count too; the final validation is kept out of the time left.
+        """
         cap = min(self.planned_steps, self.max_steps or self.planned_steps)
         if self.seconds is None:
             return cap
         if self.step_time is None:
             return None
-        # _out_of_time stops after the first step j with elapsed + (j + 1) step + validation >= seconds.
+        pace = max((self.elapsed - self.first_elapsed) / self.steps_done, 1e-9)
+        # As _out_of_time: another step runs only while it and the final validation fit.
         room = self.seconds - self._final_validation() - self.elapsed
-        return min(cap, self.measured_at + max(0, math.ceil(room / self.step_time) - 1))
+        return min(cap, self.measured_at + max(0, math.ceil(room / pace) - 1))
 
     def _out_of_time(self) -> bool:
         """Whether one more step and a final validation would overrun the budget."""
