@@ -72,3 +72,4 @@ def test_train_call_shows_the_corpus_and_only_options_that_differ_from_their_def
                "log_dir": Path("my runs")}
     assert card.train_call(["a.txt", Path("b.txt")], options) == (
         "textgen.train(['a.txt', 'b.txt'], log_dir='my runs', lowercase=True, units=32)")
+    assert card.train_call([Path("a.txt")], {}) == "textgen.train('a.txt')"  # as train.py a.txt calls it

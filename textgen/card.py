@@ -40,6 +40,8 @@ def train_call(corpus: str | Path | list, options: dict[str, Any]) -> str:
     defaults = {o.name: o.default for o in train_options()}
     shown = {k: v for k, v in options.items() if k not in defaults or v != defaults[k]}
     corpus = [str(c) for c in corpus] if isinstance(corpus, (list, tuple)) else str(corpus)
+    if isinstance(corpus, list) and len(corpus) == 1:  # `train.py FILE` passes a list of one
+        corpus = corpus[0]
     parts = [repr(corpus)] + [f"{k}={_literal(v)}" for k, v in sorted(shown.items())]
     return f"textgen.train({', '.join(parts)})"
 
