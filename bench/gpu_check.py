@@ -25,7 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from quality import cpu_model  # noqa: E402  (bench/quality.py: stdlib only at import)
 
 MODELS = {"S": dict(layers=2, units=256), "M": dict(layers=3, units=512)}
 TINY_MODELS = {"S": dict(layers=1, units=16, embedding_dim=8), "M": dict(layers=2, units=24, embedding_dim=8)}
@@ -156,7 +159,7 @@ def _environment(tf, keras, textgen, gpus) -> dict:
             "driver": _nvidia_query("driver_version"), "cuda_build": tf.sysconfig.get_build_info().get("cuda_version"),
             "cudnn_build": tf.sysconfig.get_build_info().get("cudnn_version"),
             "tensorflow": tf.__version__, "keras": keras.__version__, "textgen": textgen.__version__,
-            "python": platform.python_version(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "platform": platform.platform()}
 
 
@@ -167,16 +170,6 @@ def _nvidia_query(field: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _table(runs: list[dict]) -> str:
