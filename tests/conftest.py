@@ -24,6 +24,7 @@ def with_added_fields(document: dict) -> dict:
 
 # Tiny model settings: every test trains in seconds on two CPU cores.
 TINY = dict(units=16, layers=2, embedding_dim=8, seq_len=16, batch_size=8, dropout=0.0, seed=1)
+TINY_FLAGS = [f"--{key.replace('_', '-')}={value}" for key, value in TINY.items()]  # the same, as CLI flags
 
 
 def make_text(lines: int = 200) -> str:
@@ -97,18 +98,20 @@ def shakespeare_mirror(monkeypatch, tmp_path: Path) -> Path:
 class Child:
     """`python -m textgen ARGS` in its own process group, for tests where a real process is the point.
 
-    Use as a context manager: on the way out (a failed assertion included) the whole
-    group is killed, so no training process outlives its test.
+    `command=` runs another program instead (tensorboard, a helper script). Use as a context
+    manager: on the way out (a failed assertion included) the whole group is killed, so no
+    process outlives its test. stdout and stderr are pipes unless `stderr=` names a file.
     """
 
-    def __init__(self, *args, env: dict | None = None, cwd: Path | None = None):
+    def __init__(self, *args, command: list | None = None, env: dict | None = None, cwd: Path | None = None,
+                 stderr=None):
         import subprocess
         import sys
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "textgen", *map(str, args)], cwd=cwd,
+            [*(command or [sys.executable, "-m", "textgen"]), *map(str, args)], cwd=cwd,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **(env or {})},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=stderr or subprocess.PIPE, text=True, start_new_session=True,
         )
 
     def __enter__(self) -> "Child":

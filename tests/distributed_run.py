@@ -25,8 +25,7 @@ if len(sys.argv) > 4:
 import keras  # noqa: E402
 
 import textgen  # noqa: E402
-
-TINY = dict(units=16, layers=2, embedding_dim=8, seq_len=16, batch_size=8, dropout=0.0, seed=1)
+from tests.conftest import TINY  # noqa: E402
 curves = {"first": [], "resumed": []}
 for part, steps in (("first", 8), ("resumed", 10)):
     record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: curves[part].append(float(logs["loss"])))

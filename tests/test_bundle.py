@@ -186,13 +186,12 @@ def load_bundle_weights_of(bundle):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_kill_during_a_save_leaves_the_previous_bundle_loadable(tmp_path):
-    from tests.conftest import TINY, Child, make_text
+    from tests.conftest import TINY_FLAGS, Child, make_text
 
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(), encoding="utf-8")  # 41 steps per epoch: a save after each
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     with Child("train", corpus, "--checkpoint-dir", tmp_path / "ck", "--log-dir", tmp_path / "runs",
-               "--max-steps", 200, *flags, env={"TEXTGEN_CRASH_AT": "weights-renamed:2"}) as child:
+               "--max-steps", 200, *TINY_FLAGS, env={"TEXTGEN_CRASH_AT": "weights-renamed:2"}) as child:
         code, _, err = child.finish()
     assert code == 137, err[-2000:]  # died inside the second save, like kill -9
     bundle_dir = tmp_path / "ck" / "c"

@@ -8,9 +8,8 @@ import signal
 import pytest
 
 from textgen.bundle import load_bundle
-from tests.conftest import TINY, Child, make_text
+from tests.conftest import TINY, TINY_FLAGS, Child, make_text
 
-TINY_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
 
 
 @pytest.mark.slow

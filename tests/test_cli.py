@@ -10,10 +10,9 @@ import pytest
 
 from textgen import __version__
 from textgen.cli import main
-from tests.conftest import TINY, Child, make_text
+from tests.conftest import TINY_FLAGS, Child, make_text
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
 
 
 def run(capsys, *argv):

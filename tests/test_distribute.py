@@ -1,3 +1,4 @@
+import contextlib
 import inspect
 import json
 import os
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TINY, make_text
+from tests.conftest import TINY, TINY_FLAGS, Child, make_text
 from textgen import distribute
 from textgen.resume import load_resume_state
 from textgen.config import TextgenError
@@ -28,27 +29,18 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def start_group(commands: list[tuple[list[str], dict]]) -> list[subprocess.Popen]:
-    """Start processes, each in its own process group, stdout and stderr merged."""
-    return [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True) for cmd, env in commands]
-
-
-def kill_group(procs: list[subprocess.Popen]) -> None:
-    """Kill the whole process group of every process still running."""
-    for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+def start_group(commands: list[tuple[list[str], dict]]) -> tuple[contextlib.ExitStack, list[subprocess.Popen]]:
+    """Start `Child` processes (stdout and stderr merged); leaving the stack kills every group."""
+    stack = contextlib.ExitStack()
+    children = [stack.enter_context(Child(command=cmd, env=env, stderr=subprocess.STDOUT)) for cmd, env in commands]
+    return stack, [child.proc for child in children]
 
 
 def run_group(commands: list[tuple[list[str], dict]], timeout: float) -> list[subprocess.CompletedProcess]:
     """Run processes together; on timeout or failure kill each one's whole process group."""
-    procs = start_group(commands)
-    try:
+    stack, procs = start_group(commands)
+    with stack:
         outputs = [p.communicate(timeout=timeout)[0] for p in procs]
-    finally:
-        kill_group(procs)
     return [subprocess.CompletedProcess(p.args, p.returncode, out) for p, out in zip(procs, outputs)]
 
 
@@ -101,7 +93,7 @@ def test_two_workers_train_through_the_cli_on_loopback_and_the_chief_bundle_gene
     corpus = make_corpus(tmp_path)
     command = [sys.executable, "-m", "textgen", "train", str(corpus), "--strategy", "multi-worker",
                "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "runs"), "--max-steps", "6",
-               "--overwrite", *(f"--{k.replace('_', '-')}={v}" for k, v in TINY.items())]
+               "--overwrite", *TINY_FLAGS]
     for attempt in range(2):  # a port taken between choosing and binding: retry once (--overwrite)
         done = run_group(two_workers(command), timeout=240)
         if all(d.returncode == 0 for d in done) or attempt or "ddress already in use" not in "".join(d.stdout for d in done):
@@ -130,10 +122,10 @@ def test_ctrl_c_on_one_worker_stops_every_worker_at_the_same_step(tmp_path):
     corpus = make_corpus(tmp_path)
     command = [sys.executable, "-m", "textgen", "train", str(corpus), "--strategy", "multi-worker",
                "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "runs"),
-               "--max-steps", "1000000", "--overwrite", *(f"--{k.replace('_', '-')}={v}" for k, v in TINY.items())]
+               "--max-steps", "1000000", "--overwrite", *TINY_FLAGS]
     for attempt in range(2):  # a port taken between choosing and binding: retry once (--overwrite)
-        procs = start_group(two_workers(command))
-        try:
+        stack, procs = start_group(two_workers(command))
+        with stack:
             seen = []
             for line in procs[1].stdout:  # the non-chief worker's "ready" line
                 seen.append(line)
@@ -141,8 +133,6 @@ def test_ctrl_c_on_one_worker_stops_every_worker_at_the_same_step(tmp_path):
                     procs[1].send_signal(signal.SIGINT)
                     break
             outputs = [p.communicate(timeout=120)[0] for p in procs]
-        finally:
-            kill_group(procs)
         outputs[1] = "".join(seen) + outputs[1]
         if attempt or "ddress already in use" not in "".join(outputs):
             break

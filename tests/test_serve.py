@@ -2,11 +2,8 @@
 
 import asyncio
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Child
 from textgen.cli import main
 from textgen.serve import BackgroundServer
 
@@ -139,22 +137,16 @@ def test_serve_cli_refuses_bad_bundles_and_busy_ports(tiny_bundle, tmp_path, cap
 
 @pytest.mark.slow
 def test_serve_command_runs_as_a_real_process_until_interrupted(tiny_bundle):
-    proc = subprocess.Popen([sys.executable, "-m", "textgen", "serve", str(tiny_bundle), "--port", "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
-    try:
-        line = proc.stdout.readline()  # "Serving BUNDLE at http://127.0.0.1:PORT/  (Ctrl-C stops)"
+    with Child("serve", tiny_bundle, "--port", "0", cwd=ROOT) as child:
+        line = child.proc.stdout.readline()  # "Serving BUNDLE at http://127.0.0.1:PORT/  (Ctrl-C stops)"
         url = line.split(" at ")[1].split()[0]
         assert url.startswith("http://127.0.0.1:")
         with urllib.request.urlopen(url + "health", timeout=30) as response:
             assert json.loads(response.read())["status"] == "ok"
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 130  # like every command: uvicorn shuts down, then re-raises SIGINT
-        assert proc.stderr.read().strip().splitlines() == ["textgen: interrupted"]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        child.proc.send_signal(signal.SIGINT)
+        code, _, err = child.finish(timeout=30)
+        assert code == 130  # like every command: uvicorn shuts down, then re-raises SIGINT
+        assert err.strip().splitlines() == ["textgen: interrupted"]
 
 
 # --- misuse and load: queue bound, deadlines, abandoned requests, other origins, shutdown, panics ---
@@ -321,8 +313,6 @@ def test_a_tokenizer_panic_is_a_500_json_error_never_a_truncated_200(tiny_genera
 
 @pytest.mark.slow
 def test_sigterm_with_requests_in_flight_ends_within_seconds(tiny_bundle):
-    from conftest import Child
-
     from textgen.serve import SHUTDOWN_SECONDS
 
     with Child("serve", tiny_bundle, "--port", "0") as child:

@@ -1,10 +1,7 @@
 """A real `tensorboard` process over a tiny run's logs, read through its HTTP data API."""
 
 import json
-import os
 import re
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -12,6 +9,8 @@ import urllib.parse
 import urllib.request
 
 import pytest
+
+from tests.conftest import Child
 
 DEADLINE_S = 120
 
@@ -39,12 +38,11 @@ def wait_for(fetch, ready, deadline):
 def test_tensorboard_serves_the_scalars_and_text_samples(tiny_bundle, tmp_path):
     logdir = tiny_bundle.parent.parent / "runs"
     # The `tensorboard` program, run by module from this interpreter so it is the installed one.
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
-               "--port", "0", "--load_fast=false", "--reload_interval", "1"]
+    command = [sys.executable, "-m", "tensorboard.main"]
     stderr = open(tmp_path / "tensorboard.err", "w+")
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     deadline = time.monotonic() + DEADLINE_S
-    try:
+    with stderr, Child("--logdir", logdir, "--host", "127.0.0.1", "--port", "0", "--load_fast=false",
+                       "--reload_interval", "1", command=command, stderr=stderr):
         def url_line():
             stderr.seek(0)
             found = re.search(r"http://127\.0\.0\.1:\d+/", stderr.read())
@@ -69,11 +67,3 @@ def test_tensorboard_serves_the_scalars_and_text_samples(tiny_bundle, tmp_path):
 
         plugins = get_json(base + "data/plugins_listing")
         assert all(plugins[name]["enabled"] for name in ("scalars", "text", "histograms", "hparams"))
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        stderr.close()

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tokenizers import Tokenizer
 
 from textgen import __version__
@@ -262,7 +263,6 @@ def check_tokenizer_parts(spec: Any) -> None:
 
 def _load_model(file: Path, config: Config):
     """Build the config's architecture and fill it from `file`, all or nothing."""
-    import numpy as np
 
     from textgen.model import build_model
 

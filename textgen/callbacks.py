@@ -9,6 +9,8 @@ stop cleanly). What a run shows (progress bar, samples, TensorBoard) is textgen.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -267,14 +269,9 @@ class StopOnSignal(keras.callbacks.Callback):
 
     @property
     def signal_name(self) -> str:
-        import signal
-
         return signal.Signals(self.signum).name if self.signum else ""
 
     def __enter__(self) -> "StopOnSignal":
-        import signal
-        import threading
-
         if threading.current_thread() is threading.main_thread():  # Python's rule for handlers
             for name in self.SIGNALS:
                 number = getattr(signal, name)
@@ -282,8 +279,6 @@ class StopOnSignal(keras.callbacks.Callback):
         return self
 
     def __exit__(self, *exc) -> None:
-        import signal
-
         for number, handler in self._previous.items():
             signal.signal(number, handler)
         self._previous.clear()

@@ -12,6 +12,9 @@ two views, and between a bundle and either view, by name.
 from __future__ import annotations
 
 import keras
+import numpy as np
+import tensorflow as tf
+from keras.src.losses.loss import unscale_loss_for_distribution
 
 from textgen.config import ModelConfig
 from textgen.distribute import MultiWorkerFix
@@ -86,13 +89,9 @@ class ReplicaRows:
         self.shape = (per[0] * len(self.copies), *per[1:])
 
     def numpy(self):
-        import numpy as np
-
         return np.concatenate([copy.numpy() for copy in self.copies])
 
     def assign(self, array) -> None:
-        import numpy as np
-
         for copy, rows in zip(self.copies, np.split(np.asarray(array), len(self.copies))):
             copy.assign(rows)
 
@@ -168,9 +167,6 @@ class CarriedStateModel(MultiWorkerFix, keras.Model):
         return x, y, logits, loss  # logits: (batch, seq_len, vocab)
 
     def train_step(self, data):
-        import tensorflow as tf
-        from keras.src.losses.loss import unscale_loss_for_distribution
-
         with tf.GradientTape() as tape:
             x, y, logits, loss = self._step(data, self.train_carry, training=True)
             self._loss_tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=tf.shape(x)[0])
@@ -181,8 +177,6 @@ class CarriedStateModel(MultiWorkerFix, keras.Model):
         return self._vector_logs({**self.compute_metrics(x, y, logits), "grad_norm": grad_norm})
 
     def test_step(self, data):
-        from keras.src.losses.loss import unscale_loss_for_distribution
-
         x, y, logits, loss = self._step(data, self.val_carry, training=False)
         self._loss_tracker.update_state(unscale_loss_for_distribution(loss), sample_weight=keras.ops.shape(x)[0])
         return self._vector_logs(self.compute_metrics(x, y, logits))

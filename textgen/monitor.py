@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import keras
+import tensorflow as tf
 from tqdm.auto import tqdm
 
 from textgen.callbacks import iterations
@@ -193,7 +194,6 @@ class TensorBoardScalars(keras.callbacks.Callback):
     def __init__(self, log_dir: Path, tokens_per_step: int, chars_per_token: float, every: int = 10,
                  best_loss: float = math.inf):
         super().__init__()
-        import tensorflow as tf
 
         self.tf = tf
         self.train_writer = tf.summary.create_file_writer(str(Path(log_dir) / "train"))
@@ -259,7 +259,6 @@ class TextSamples(keras.callbacks.Callback):
     def __init__(self, log_dir: Path, sampler: LiveSampler, prime: str,
                  temperatures: tuple = SAMPLE_TEMPERATURES, every: int | None = None):
         super().__init__()
-        import tensorflow as tf
 
         self.tf = tf
         self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "samples"))
@@ -308,7 +307,6 @@ class HParams(keras.callbacks.Callback):
         self.hparams = {k: v for k, v in hparams.items() if isinstance(v, (bool, int, float, str))}
 
     def on_train_begin(self, logs=None):
-        import tensorflow as tf
         from tensorboard.plugins.hparams import api as hp
 
         metrics = [hp.Metric(tag, group=group, display_name=f"{group}/{tag}") for tag, group in self.METRICS]
@@ -328,7 +326,6 @@ class WeightHistograms(keras.callbacks.Callback):
 
     def __init__(self, log_dir: Path, current_model: Callable[[], keras.Model]):
         super().__init__()
-        import tensorflow as tf
 
         self.tf = tf
         self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "weights"))

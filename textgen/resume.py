@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tokenizers import Tokenizer
 
 from textgen.atomic import fault_point, fsync, write_json_atomic
@@ -47,7 +48,6 @@ def save_resume_state(bundle_dir: Path, trainer, tokenizer: Tokenizer, config: C
     optimizer's (moments, iteration) in creation order, crash-consistently (see the
     module docstring); return the resume folder.
     """
-    import numpy as np
 
     bundle_dir = Path(bundle_dir)
     new, current, old = (bundle_dir / n for n in (".resume-new", RESUME_DIR, ".resume-old"))
@@ -73,7 +73,6 @@ def save_resume_state(bundle_dir: Path, trainer, tokenizer: Tokenizer, config: C
 
 def load_resume_state(bundle_dir: Path) -> ResumeState:
     """Read and verify NAME/resume/ (or the previous state a crash left); no pickle."""
-    import numpy as np
 
     bundle_dir = Path(bundle_dir)
     folder = next((bundle_dir / n for n in (RESUME_DIR, ".resume-old") if (bundle_dir / n / STATE_FILE).is_file()), None)

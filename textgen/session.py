@@ -156,7 +156,6 @@ def _by_rows(dataset):
     contiguous row blocks, one per replica, so every replica reads the same streams at
     every step (tested against one device in tests/test_distribute.py). AUTO would look
     for input files first, find none, and fall back to this with a warning."""
-    import tensorflow as tf
 
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
