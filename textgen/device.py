@@ -17,6 +17,8 @@ import shutil
 import subprocess
 from importlib import metadata
 
+import tensorflow as tf
+
 REPAIR_COMMAND = "pip uninstall -y tensorflow-cpu && pip install --force-reinstall --no-deps 'tensorflow>=2.21,<2.22'"
 CUDA_COMMAND = "pip install 'textgen[cuda]'"
 _NVIDIA_SMI_SECONDS = 10  # a hung driver must not hold up training's start
@@ -39,8 +41,6 @@ def tensorflow_cpu_warning() -> str | None:
 
 def device_line() -> str:
     """`Device: GPU 0 (NVIDIA ...)` for each GPU TensorFlow sees, else `Device: CPU, N cores`."""
-    import tensorflow as tf
-
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return f"Device: CPU, {os.cpu_count()} cores"
@@ -53,8 +53,6 @@ def device_line() -> str:
 
 def missing_gpu_hint() -> str | None:
     """A one-line fix when `nvidia-smi` lists a GPU that TensorFlow does not see, else None."""
-    import tensorflow as tf
-
     listed = [] if tf.config.list_physical_devices("GPU") else system_gpus()
     if not listed:
         return None

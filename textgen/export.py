@@ -29,7 +29,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from textgen import __version__
+from textgen.bundle import load_bundle
 from textgen.config import TextgenError
+from textgen.generate import banned_ids, start_id
+from textgen.tokenizer import folds_case, word_edges
 
 FORMATS = {"saved_model": "saved_model", "litert": "model.tflite", "onnx": "model.onnx"}  # format -> file
 KERAS_FORMATS = {"saved_model": "tf_saved_model", "litert": "litert", "onnx": "onnx"}
@@ -60,8 +66,6 @@ def export(bundle: str | Path, format: str, out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TextgenError(f"{out} already exists and is not an empty folder; choose another --out")
-    from textgen.bundle import load_bundle
-
     loaded = load_bundle(bundle)
     step = build_step_model(loaded.model, loaded.config.model)
     created = not out.exists()
@@ -94,8 +98,7 @@ def build_step_model(trained, cfg):
 
     {tokens (batch,), h_i, c_i (batch, units)} -> {logits (batch, vocab), h_i_next, c_i_next}.
     """
-    import keras
-    import numpy as np
+    import keras  # inside: `textgen export --help` and the CLI stay free of Keras
 
     tokens = keras.Input(shape=(), dtype="int32", name="tokens")  # (batch,)
     x = keras.layers.Embedding(cfg.vocab_size, cfg.embedding_dim, name="embedding")(tokens)  # (batch, E)
@@ -122,10 +125,6 @@ def build_step_model(trained, cfg):
 
 def describe(bundle, format: str) -> dict[str, Any]:
     """signature.json: what a caller needs to drive the exported step without textgen."""
-    from textgen import __version__
-    from textgen.generate import banned_ids, start_id
-    from textgen.tokenizer import folds_case
-
     m = bundle.config.model
     states = {"shape": ["batch", m.units], "dtype": "float32"}
     return {
@@ -149,10 +148,6 @@ def describe(bundle, format: str) -> dict[str, Any]:
 def _glue_rule(tokenizer) -> dict[str, Any]:
     """Word level: the ids ending and starting with a word character, for the no-glue rule
     (textgen.sampler.forbid_glue); nothing at char and bpe level, which have no such rule."""
-    import numpy as np
-
-    from textgen.tokenizer import word_edges
-
     edges = word_edges(tokenizer)
     if edges is None:
         return {}
