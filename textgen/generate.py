@@ -157,6 +157,7 @@ class TextGenerator:
         return logits[:, -1, :], states
 
     def _start_ids(self) -> np.ndarray:
+        """Context for an empty prime: (1,) the start token (`start_id`)."""
         return np.array([start_id(self.tokenizer)], np.int32)
 
 
