@@ -143,6 +143,47 @@ def test_budget_stops_when_a_step_and_the_estimated_validation_would_overrun_max
     assert budget.progress() == 54 / 60
 
 
+def test_budget_expects_the_step_where_max_minutes_runs_out():
+    # As above: step k >= 2 ends at 10 + 2(k - 1) s and training stops at step 23; the
+    # expectation is there from the first measured step time on, and stays as time passes.
+    budget, model, clock = one_minute_budget(val_batches=6)
+    assert budget.expected_steps() is None  # the first step (tracing) is no step time
+    expected = []
+    while not model.stop_training:
+        take_step(budget, model, clock, 2.0)
+        expected.append(budget.expected_steps())
+    assert expected == [23] * 22 and int(model.optimizer.iterations.numpy()) == 23
+
+
+def test_budget_expects_max_steps_or_the_planned_steps_without_a_time_budget():
+    from textgen.callbacks import Budget
+
+    assert Budget(max_steps=5, max_minutes=None, planned_steps=100, val_batches=1).expected_steps() == 5
+    assert Budget(max_steps=500, max_minutes=None, planned_steps=100, val_batches=1).expected_steps() == 100
+    assert Budget(max_steps=None, max_minutes=None, planned_steps=100, val_batches=1).expected_steps() == 100
+
+
+def test_budget_expected_steps_count_validations_at_their_pace_and_max_steps():
+    from textgen.callbacks import Budget
+
+    budget, model, clock = one_minute_budget(val_batches=3)
+    take_step(budget, model, clock, 2.0)
+    # Validation estimated at 3 x 2 s / 3 = 2 s: step k ends at 10 + 2(k - 1) s, stops once that + 2 + 2 >= 60.
+    assert budget.expected_steps() == 24
+    budget.on_test_begin()
+    clock.now += 10.0
+    budget.on_test_end()
+    take_step(budget, model, clock, 2.0)
+    # The pace counts the validation as one that recurs: 2 steps in 24 - 10 s, 7 s a step;
+    # 60 - 24 - 10 (the final validation) leaves 26 s, room for 3 more steps and a validation.
+    assert budget.expected_steps() == 6
+    capped = Budget(max_steps=7, max_minutes=1, planned_steps=10_000, val_batches=3, clock=clock)
+    capped.set_model(model)
+    take_step(capped, model, clock, 2.0)
+    take_step(capped, model, clock, 2.0)
+    assert capped.expected_steps() == 7
+
+
 def test_budget_counts_a_measured_validation_in_its_time():
     budget, model, clock = one_minute_budget(val_batches=3)
     take_step(budget, model, clock, 2.0)

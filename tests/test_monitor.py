@@ -112,3 +112,28 @@ def test_a_corpus_file_name_that_is_not_utf8_trains_and_is_shown_with_a_replacem
     config = json.loads((bundle / "config.json").read_text(encoding="utf-8"))["config"]
     assert [s["file"] for s in config["corpus"]["sources"]] == ["caf\ufffd.txt"]
     assert hparams(textgen.load(bundle).config)["corpus"] == "caf\ufffd.txt"
+
+
+def test_progress_bar_total_is_where_max_minutes_runs_out(capsys):
+    from tests.test_callbacks import one_minute_budget
+    from textgen.monitor import ProgressBar
+
+    budget, model, clock = one_minute_budget(val_batches=6)  # stops at step 23 (tests/test_callbacks.py)
+    bar = ProgressBar(budget.expected_steps, tokens_per_step=8, initial=1)
+    bar.set_model(model)
+    bar.on_train_begin()
+    assert bar.bar.total is None  # no step time measured yet: no total rather than 50 epochs
+    totals = []
+    while not model.stop_training:  # steps of 2 s, each callback called in training's order: bar, budget
+        batch = int(model.optimizer.iterations.numpy())
+        for callback in (bar, budget):
+            callback.on_train_batch_begin(batch)
+        clock.now += 2.0
+        model.optimizer.iterations.assign(batch + 1)
+        for callback in (bar, budget):
+            callback.on_train_batch_end(batch, {"loss": 1.0})
+        totals.append(bar.bar.total)
+    # Step 2 is the first measured step time, so the bar knows its total from step 3 on.
+    assert totals == [None] + [23] * 21 and bar.bar.n == 23
+    assert "23/23" in str(bar.bar)
+    bar.on_train_end()

@@ -30,10 +30,14 @@ def temporary_name(final: Path) -> Path:
 
 def write_json_atomic(path: Path, document: Any) -> None:
     """Write JSON to a temporary file, fsync it and rename it over `path`."""
+    write_text_atomic(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text to a temporary file, fsync it and rename it over `path`."""
     tmp = temporary_name(path)
     try:
-        tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n",
-                       encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         commit(tmp, path)
     except BaseException:
         unlink(tmp)

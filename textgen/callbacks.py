@@ -58,6 +58,10 @@ class Budget(keras.callbacks.Callback):
         self.steps_done = 0  # steps after the first, in this process
         self.step_seconds = 0.0  # their total time, validation excluded
         self.validation_seconds: float | None = None
+        self.step_time: float | None = None  # the workers' mean step time, once measured
+        self.validation_time: float | None = None  # the workers' mean validation time, once measured
+        self.measured_at = 0  # the optimizer step `elapsed` and the times above were taken at
+        self.first_elapsed = 0.0  # `elapsed` at the first step's end (tracing), where the pace starts
         self.reason = ""
 
     def progress(self) -> float:
@@ -85,11 +89,14 @@ class Budget(keras.callbacks.Callback):
             self.steps_done += 1
             self.step_seconds += now - self._batch_start
         step = self.step_seconds / self.steps_done if self.steps_done else None
-        self.elapsed, step, validation, stopping = self._agreed(
+        self.elapsed, self.step_time, self.validation_time, stopping = self._agreed(
             now - self.start, step, self.validation_seconds, self.model.stop_training)
-        if self.max_steps is not None and iterations(self.model) >= self.max_steps:
+        self.measured_at = iterations(self.model)
+        if not self.steps_done:
+            self.first_elapsed = self.elapsed
+        if self.max_steps is not None and self.measured_at >= self.max_steps:
             self._stop(f"reached --max-steps {self.max_steps:,}")
-        elif self.seconds is not None and self._out_of_time(step, validation):
+        elif self.seconds is not None and self._out_of_time():
             self._stop(f"reached --max-minutes {self.seconds / 60:g}")
         elif stopping and not self.model.stop_training:
             self._stop("another worker stopped")
@@ -109,13 +116,35 @@ class Budget(keras.callbacks.Callback):
         return (float(mean[0]), None if mean[1] < 0 else float(mean[1]),
                 None if mean[2] < 0 else float(mean[2]), bool(mean[3] > 0))
 
-    def _out_of_time(self, step: float | None, validation: float | None) -> bool:
+    def expected_steps(self) -> int | None:
+        """The step training should end at (the progress bar's total): --max-steps or the
+        planned epochs, or sooner where --max-minutes runs out at the pace so far; None
+        while a time budget has no step time measured yet.
+
+        The pace is wall time per step since the first, so the validations and saves that
+        recur every epoch count too; the final validation is kept out of the time left.
+        """
+        cap = min(self.planned_steps, self.max_steps or self.planned_steps)
+        if self.seconds is None:
+            return cap
+        if self.step_time is None:
+            return None
+        pace = max((self.elapsed - self.first_elapsed) / self.steps_done, 1e-9)
+        # As _out_of_time: another step runs only while it and the final validation fit.
+        room = self.seconds - self._final_validation() - self.elapsed
+        return min(cap, self.measured_at + max(0, math.ceil(room / pace) - 1))
+
+    def _out_of_time(self) -> bool:
         """Whether one more step and a final validation would overrun the budget."""
-        if step is None:
+        if self.step_time is None:
             return self.elapsed >= self.seconds
-        if validation is None:
-            validation = self.val_batches * step / 3  # forward only: ~1/3 of a step
-        return self.elapsed + step + validation >= self.seconds
+        return self.elapsed + self.step_time + self._final_validation() >= self.seconds
+
+    def _final_validation(self) -> float:
+        """The last validation's time, or before one ran an estimate from the step time."""
+        if self.validation_time is None:
+            return self.val_batches * self.step_time / 3  # forward only: ~1/3 of a step
+        return self.validation_time
 
     def _stop(self, reason: str) -> None:
         self.reason = reason

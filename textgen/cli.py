@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from textgen import __version__
+from textgen import __version__, export
 from textgen.config import Interrupted, TextgenError, TrainOption, train_options
 from textgen.controls import RULES, UNIQUE_ATTEMPTS, Rule
 
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub.add_parser("info", parents=[common], help="describe a bundle"))
     _add_serve(sub.add_parser("serve", parents=[common], help="serve a bundle over HTTP with a web page"))
     _add_inspect(sub.add_parser("inspect", parents=[common], help="memory span, gates and cells of a model on a text"))
+    export.add_arguments(sub.add_parser("export", parents=[common], help="export the one-step generator (SavedModel, LiteRT, ONNX)"))
     return parser
 
 

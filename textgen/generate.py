@@ -58,12 +58,10 @@ class TextGenerator:
         self.tokenizer = bundle.tokenizer
         self.config = bundle.config
         self.state = bundle.state
-        # A documents bundle writes one document: [DOC] ends it. Elsewhere never invent [UNK] or a
-        # [DOC] separator (bundles older than [DOC] lack it); nor a label anywhere.
+        # A documents bundle writes one document: [DOC] ends it (see `end_id`).
         self.labels = label_ids(self.tokenizer)  # {label: token id}, sorted; {} for an unlabelled bundle
-        self._end_id = self.tokenizer.token_to_id(DOC) if self.config.tokenizer.documents else None
-        self._banned = [i for i in map(self.tokenizer.token_to_id, SPECIAL_TOKENS)
-                        if i is not None and i != self._end_id] + list(self.labels.values())
+        self._end_id = end_id(self.tokenizer, self.config)
+        self._banned = banned_ids(self.tokenizer, self.config)
         self._edges = word_edges(self.tokenizer)  # word level: never glue two words (None elsewhere)
         self._stepper = Stepper.from_model(self.model)  # a snapshot of the weights
         self._piece_table = _PieceDecoder.piece_table(self.tokenizer)  # once: it reads the whole vocabulary
@@ -232,11 +230,8 @@ class TextGenerator:
         return logits[:, -1, :], states
 
     def _start_ids(self) -> np.ndarray:
-        """Context for an empty prime: a newline, as if a new paragraph began ([DOC] for documents)."""
-        if self._end_id is not None:
-            return np.array([self._end_id], np.int32)
-        newline = self.tokenizer.encode("\n").ids  # byte-level BPE spells it "Ċ"
-        return np.array(newline[-1:] or [0], np.int32)
+        """Context for an empty prime: (1,) the start token (`start_id`)."""
+        return np.array([start_id(self.tokenizer, self.config)], np.int32)
 
 
 class Decoding:
@@ -355,6 +350,29 @@ class _PieceDecoder:
             return ""
         self.done[i] = len(ids)
         return after[len(before) :]
+
+
+def end_id(tokenizer, config) -> int | None:
+    """The id that ends a sample: [DOC] for a documents bundle, else None (samples end by length)."""
+    return tokenizer.token_to_id(DOC) if config.tokenizer.documents else None
+
+
+def banned_ids(tokenizer, config) -> list[int]:
+    """Ids generation never emits: [UNK], the [DOC] separator (bundles older than [DOC] lack it;
+    a documents bundle emits it to end a sample) and every label token."""
+    end = end_id(tokenizer, config)
+    specials = [i for i in map(tokenizer.token_to_id, SPECIAL_TOKENS) if i is not None and i != end]
+    return specials + list(label_ids(tokenizer).values())
+
+
+def start_id(tokenizer, config) -> int:
+    """Context for an empty prime: [DOC] for a documents bundle (a new document begins), else a
+    newline, as if a new paragraph began."""
+    end = end_id(tokenizer, config)
+    if end is not None:
+        return end
+    newline = tokenizer.encode("\n").ids  # byte-level BPE spells it "Ċ"
+    return int(newline[-1]) if newline else 0
 
 
 def load(path: str | Path) -> TextGenerator:

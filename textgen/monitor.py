@@ -80,9 +80,13 @@ class BatchLosses:
 
 
 class ProgressBar(keras.callbacks.Callback):
-    """A tqdm bar over optimizer steps showing loss and tokens per second."""
+    """A tqdm bar over optimizer steps showing loss and tokens per second.
 
-    def __init__(self, total_steps: int | None, tokens_per_step: int, initial: int = 0):
+    Its total is asked of `total_steps` (Budget.expected_steps) at every step, so under
+    --max-minutes the bar ends, and its ETA points, where the time budget runs out.
+    """
+
+    def __init__(self, total_steps: Callable[[], int | None], tokens_per_step: int, initial: int = 0):
         super().__init__()
         self.total_steps = total_steps
         self.initial = initial
@@ -91,7 +95,7 @@ class ProgressBar(keras.callbacks.Callback):
         self.bar = None
 
     def on_train_begin(self, logs=None):
-        self.bar = tqdm(total=self.total_steps, initial=self.initial, unit="step", dynamic_ncols=True,
+        self.bar = tqdm(total=self.total_steps(), initial=self.initial, unit="step", dynamic_ncols=True,
                         desc="training")
         self._t0, self._steps = time.perf_counter(), 0
 
@@ -103,6 +107,7 @@ class ProgressBar(keras.callbacks.Callback):
         self._steps += 1
         rate = self._steps * self.tokens_per_step / max(time.perf_counter() - self._t0, 1e-9)
         self.bar.set_postfix_str(f"loss {self.losses.mean():.3f}  {rate:,.0f} tok/s", refresh=False)
+        self.bar.total = self.total_steps()
         self.bar.update(1)
 
     def on_train_end(self, logs=None):

@@ -20,6 +20,7 @@ import tensorflow as tf
 from textgen import distribute
 from textgen.callbacks import BestBundle
 from textgen.bundle import save_bundle
+from textgen.card import Clock, write_card
 from textgen.config import Config, TextgenError
 from textgen.data import StreamLayout, make_stream_dataset
 from textgen.model import CarriedStateModel, build_model, build_stateful_model, copy_weights
@@ -58,6 +59,8 @@ class Session:
     resumed: dict  # a resume state's counters (epoch, best_val_loss, wait); {} for a new run
     bundle_dir: Path
     first_step: int  # optimizer steps already taken (a resumed run's)
+    trained_by: list[str]  # the textgen.train calls so far, for the model card
+    clock: Clock  # training time across resumed sessions, for the model card
 
     @property
     def best_val_loss(self) -> float:
@@ -71,14 +74,17 @@ class Session:
         return self.export
 
     def save_bundle(self, state: dict) -> Path:
-        """Write the bundle (BestBundle calls it on improvement)."""
+        """Write the bundle and its model card (BestBundle calls it on improvement)."""
         state = {**state, "chars_per_token": self.prepared.chars_per_token}  # lets `info` show bits/char
-        return save_bundle(self.bundle_dir, self.current_model(), self.prepared.tokenizer, self.prepared.config, state)
+        path = save_bundle(self.bundle_dir, self.current_model(), self.prepared.tokenizer, self.prepared.config, state)
+        write_card(path, self.trained_by, self.clock())
+        return path
 
     def save_resume(self, best: BestBundle, run_settings: dict) -> Path:
         """Write the resume state with the counters `best` keeps and the run settings a resumed
         run keeps (config.kept_settings); ResumeCheckpoint calls it."""
-        progress = {**best.progress(), "replicas": self.replicas, "run": run_settings}
+        progress = {**best.progress(), "replicas": self.replicas, "run": run_settings,
+                    "trained_by": self.trained_by, "train_seconds": self.clock()}
         return save_resume_state(self.bundle_dir, self.trainer, self.prepared.tokenizer, self.prepared.config,
                                  progress)
 
@@ -94,8 +100,12 @@ class Session:
 
 
 def build_session(prepared: Prepared, bundle_dir: Path, strategy, resume_state=None, init_model=None,
-                  mixed_precision: bool = False) -> Session:
-    """Seed, lay out the streams, build and compile the trainer, then restore or initialise its weights."""
+                  mixed_precision: bool = False, trained_by: str | None = None) -> Session:
+    """Seed, lay out the streams, build and compile the trainer, then restore or initialise its weights.
+
+    `trained_by` is this run's `textgen.train(...)` call; the model card lists it after those
+    of the sessions a resume state continues.
+    """
     cfg = prepared.config
     replicas = strategy.num_replicas_in_sync
     keras.utils.set_random_seed(cfg.train.seed)
@@ -108,8 +118,9 @@ def build_session(prepared: Prepared, bundle_dir: Path, strategy, resume_state=N
     if init_model is not None:
         copy_weights(init_model, trainer.net)
     first_step = int(trainer.optimizer.iterations.numpy())
+    calls = [*resumed.get("trained_by", []), *([trained_by] if trained_by else [])]
     return Session(prepared, trainer, build_model(cfg.model), layout, val_layout, replicas, resumed, bundle_dir,
-                   first_step)
+                   first_step, calls, Clock(resumed.get("train_seconds", 0)))
 
 
 def _build_trainer(cfg: Config, batch: int, val_batch: int, seq_len: int, policy: str | None) -> CarriedStateModel:

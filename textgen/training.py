@@ -22,12 +22,14 @@ import keras
 from textgen import callbacks as cb
 from textgen import distribute, monitor
 from textgen.bundle import CONFIG_FILE, load_bundle
+from textgen.card import train_call
 from textgen.config import (Config, Interrupted, RunConfig, TextgenError, check_memory, config_from_options,
                             fine_tune_config, kept_settings, resumed_config, resumed_run, split_options,
                             train_options)
 from textgen.corpus_cache import TokenIds, shown_name, token_ids
 from textgen.data import check_length, resolve_paths, sources_digest, split_documents, split_ids
 from textgen.resume import has_resume_state, load_resume_state, remove_resume_state, saved_run_settings
+from textgen.device import startup_lines
 from textgen.run_lock import run_lock
 from textgen.session import Prepared, Session, build_session
 from textgen.tokenizer import DOC
@@ -62,7 +64,8 @@ def train(corpus: str | list[str], *, callbacks: list | tuple = (), **options: A
         check_memory(prepared.config)
         _claim_run(out_bundle, out_run, (run.overwrite and not run.resume) or out_bundle != bundle_dir)
         try:
-            return fit(prepared, out_bundle, out_run, run, strategy, resume_state, init_model, list(callbacks))
+            return fit(prepared, out_bundle, out_run, run, strategy, resume_state, init_model, list(callbacks),
+                       trained_by=train_call(corpus, options))
         except Interrupted as stop:
             raise Interrupted(f"{stop}; resume with: {_resume_command(items, name, run)}", stop.exit_code) from None
         finally:
@@ -182,7 +185,7 @@ def _provenance(corpus: TokenIds, val_file: str | None) -> dict:
 
 
 def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, run: RunConfig, strategy, resume_state=None,
-        init_model=None, extra_callbacks: list | tuple = ()) -> Path:
+        init_model=None, extra_callbacks: list | tuple = (), trained_by: str | None = None) -> Path:
     """Build the trainer, build the callbacks, fit; the best bundle by validation loss ends in bundle_dir.
 
     Args:
@@ -192,8 +195,10 @@ def fit(prepared: Prepared, bundle_dir: Path, run_dir: Path, run: RunConfig, str
         resume_state: a resume.ResumeState to continue from exactly.
         init_model: a Keras model whose weights start the run (fine-tuning).
         extra_callbacks: more Keras callbacks for model.fit.
+        trained_by: the `textgen.train(...)` call, for the model card (kept across resumes).
     """
-    session = build_session(prepared, bundle_dir, strategy, resume_state, init_model, run.mixed_precision)
+    session = build_session(prepared, bundle_dir, strategy, resume_state, init_model, run.mixed_precision,
+                            trained_by)
     _announce(session, run_dir)
     callbacks = build_callbacks(session, run_dir, run, strategy, extra_callbacks)
     with callbacks.stop:  # Ctrl-C/SIGTERM: finish the step; validation, bundle and resume state follow
@@ -219,10 +224,10 @@ def build_callbacks(session: Session, run_dir: Path, run: RunConfig, strategy,
     p, t = session.prepared, session.prepared.config.train
     planned = t.epochs * session.layout.steps
     tokens_per_step = session.layout.batch * session.layout.seq_len
-    bar = monitor.ProgressBar(min(planned, t.max_steps or planned), tokens_per_step, initial=session.first_step)
-    stop = cb.StopOnSignal(bar.write)
     budget = cb.Budget(t.max_steps, t.max_minutes, planned, val_batches=session.val_layout.steps,
                        agree=distribute.worker_mean(strategy))
+    bar = monitor.ProgressBar(budget.expected_steps, tokens_per_step, initial=session.first_step)
+    stop = cb.StopOnSignal(bar.write)
     best = cb.BestBundle(session.save_bundle, t.patience, session.best_val_loss, session.resumed.get("wait", 0),
                          session.resumed.get("epoch", 0))
     control = [stop, budget, cb.CosineSchedule(budget, t.learning_rate), keras.callbacks.TerminateOnNaN(), best,
@@ -253,7 +258,7 @@ def _report(history, callbacks: Callbacks, session: Session) -> None:
 
 
 def _announce(session: Session, run_dir: Path) -> None:
-    """The header lines: corpus, model and where the bundle and logs go."""
+    """The header lines: corpus, device, model and where the bundle and logs go."""
     p, layout = session.prepared, session.layout
     cfg = p.config
     print(
@@ -261,6 +266,8 @@ def _announce(session: Session, run_dir: Path) -> None:
         f"{len(p.val_ids):,} validation tokens ({cfg.tokenizer.level} level, "
         f"vocabulary {cfg.model.vocab_size:,})"
     )
+    for line in startup_lines():
+        print(line)
     print(
         f"Model: {cfg.model.layers}x{cfg.model.units} {cfg.model.cell.upper()}, "
         f"batch {layout.batch} x {layout.seq_len} tokens "
