@@ -67,6 +67,8 @@ def export(bundle: str | Path, format: str, out: str | Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TextgenError(f"{out} already exists and is not an empty folder; choose another --out")
     loaded = load_bundle(bundle)
+    if loaded.config.model.cell != "lstm":  # the step model below is built from LSTMCell
+        raise TextgenError(f"export supports LSTM bundles only; this one is {loaded.config.model.cell.upper()}")
     step = build_step_model(loaded.model, loaded.config.model)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
