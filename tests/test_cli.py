@@ -41,6 +41,9 @@ def test_lowercase_word_level_reports_coverage_and_writes_lowercase(tmp_path, ca
     (tmp_path / "val.txt").write_text(make_text(20).upper(), encoding="utf-8")  # folded: no [UNK] for case
     code, out, _ = run(capsys, "evaluate", bundle, tmp_path / "val.txt", "--json")
     assert code == 0 and 0 < json.loads(out)["bits_per_char"] < 8
+    (tmp_path / "val.txt").write_text("the zork", encoding="utf-8")  # "the" is never predicted, " zork" is [UNK]
+    code, out, _ = run(capsys, "evaluate", bundle, tmp_path / "val.txt")
+    assert code == 0 and "(5 characters, 100.00% of them inside [UNK] tokens, 1 tokens)" in out
 
 
 def test_train_generate_evaluate_end_to_end(tmp_path, capsys):
@@ -57,7 +60,8 @@ def test_train_generate_evaluate_end_to_end(tmp_path, capsys):
     (tmp_path / "val.txt").write_text(make_text(20), encoding="utf-8")
     code, out, _ = run(capsys, "evaluate", bundle, tmp_path / "val.txt", "--json")
     result = json.loads(out)
-    assert code == 0 and set(result) == {"bits_per_char", "perplexity", "characters", "tokens"}
+    assert code == 0 and set(result) == {"bits_per_char", "perplexity", "characters", "tokens",
+                                         "unk_char_share"}
     assert 0 < result["bits_per_char"] < 8
 
 

@@ -22,15 +22,20 @@ def test_evaluate_equals_mean_loss_computed_directly(tiny_generator, corpus_text
     assert math.isclose(score.bits_per_char, mean_nats / math.log(2), rel_tol=1e-4)
 
 
-def test_bits_per_char_counts_characters_not_bpe_tokens(tmp_path):
+def _tiny_generator(tmp_path, level: str, vocab_size: int):
+    """A 3-step model of make_text(150) at `level`, loaded."""
     import textgen
     from tests.conftest import TINY, make_text
 
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(150), encoding="utf-8")
     bundle = textgen.train(str(corpus), checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs",
-                           max_steps=3, level="bpe", vocab_size=300, **TINY)
-    generator = textgen.load(bundle)
+                           max_steps=3, level=level, vocab_size=vocab_size, **TINY)
+    return textgen.load(bundle)
+
+
+def test_bits_per_char_counts_characters_not_bpe_tokens(tmp_path):
+    generator = _tiny_generator(tmp_path, "bpe", 300)
     text = "Then the cat sat on a mat.\n"
     first = generator.tokenizer.encode(text).tokens[0]  # "Then": never predicted
     score = evaluate_texts(generator, [text])
@@ -87,3 +92,15 @@ def test_bad_files_get_clear_errors(tiny_generator, tmp_path):
         (tmp_path / "f.txt").write_bytes(data)
         with pytest.raises(TextgenError, match=message):
             evaluate_files(tiny_generator, [tmp_path / "f.txt"])
+
+
+def test_unk_char_share_counts_the_characters_of_unknown_words(tmp_path):
+    """Word level charges one [UNK] for a whole unknown word: the score says how many characters that hid."""
+    generator = _tiny_generator(tmp_path, "word", 100)
+    text = "The cat zork on a mat.\nThe quux sat blorp dog.\n"
+    unknown = [" zork", " quux", " blorp"]  # each word carries its space into its [UNK]
+    score = evaluate_texts(generator, [text])
+    assert score.characters == len(text) - len("The")  # the first token is never predicted
+    assert score.unk_char_share == sum(map(len, unknown)) / score.characters
+    assert evaluate_texts(generator, ["The cat sat on a mat.\n"]).unk_char_share == 0.0
+    assert evaluate_texts(generator, ["Zork cat sat.\n"]).unk_char_share == 0.0  # never predicted

@@ -369,10 +369,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     with tqdm(total=total, unit="B", unit_scale=True, desc="evaluating", disable=args.json) as bar:
         score = evaluate_files(generator, paths, progress=bar.update)
     if args.json:
-        print(json.dumps({k: score.to_dict()[k] for k in ("bits_per_char", "perplexity", "characters", "tokens")}))
+        keys = ("bits_per_char", "perplexity", "characters", "tokens", "unk_char_share")
+        print(json.dumps({k: score.to_dict()[k] for k in keys}))
     else:
+        unknown = f", {score.unk_char_share:.2%} of them inside [UNK] tokens" if score.unk_char_share else ""
         print(f"{score.bits_per_char:.4f} bits per character, perplexity {score.perplexity:.3f} per token "
-              f"({score.characters:,} characters, {score.tokens:,} tokens)")
+              f"({score.characters:,} characters{unknown}, {score.tokens:,} tokens)")
     return 0
 
 

@@ -5,6 +5,8 @@ state (textgen.cells) from one chunk to the next, so every token is predicted fr
 the text before it, as in generation. Files are read block by block, so memory stays
 flat whatever their size. Bits per character divide the total bits by the characters
 predicted in the original text, so char- and word-level models compare on one scale.
+Word level charges one [UNK] token for a whole unknown word, which flatters bits/char:
+the score also gives the share of the predicted characters that fell inside [UNK] tokens.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 from textgen.config import TextgenError
 from textgen.generate import TextGenerator
 from textgen.text import read_chunks
-from textgen.tokenizer import encode, token_pieces
+from textgen.tokenizer import UNK, encode, token_lengths, token_pieces
 
 CHUNK_TOKENS = 1024  # tokens per forward call
 READ_BYTES = 1 << 20  # bytes read from a file at a time
@@ -34,6 +36,7 @@ class Score:
     characters: int  # characters predicted (all but the first token's)
     tokens: int  # tokens predicted (all but the first)
     nats: float  # total negative log-likelihood in nats
+    unk_char_share: float = 0.0  # share of the characters that lie inside [UNK] tokens
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,7 +72,7 @@ def evaluate_document(generator: TextGenerator, pieces: Iterable[str]) -> Score:
 
 
 def _score(documents: Iterable[Iterable[str]], generator: TextGenerator, progress) -> Score:
-    nats, tokens, chars = 0.0, 0, 0
+    nats, tokens, chars, unk_chars = 0.0, 0, 0, 0
     for pieces in documents:
         scorer = _Scorer(generator, progress)
         for piece in pieces:
@@ -77,7 +80,9 @@ def _score(documents: Iterable[Iterable[str]], generator: TextGenerator, progres
         if scorer.tokens < 1:
             raise TextgenError("text to evaluate is too short (needs at least two tokens)")
         nats, tokens, chars = nats + scorer.nats, tokens + scorer.tokens, chars + scorer.chars
-    return Score(bits_per_char(nats, chars), math.exp(nats / tokens), chars, tokens, nats)
+        unk_chars += scorer.unk_chars
+    return Score(bits_per_char(nats, chars), math.exp(nats / tokens), chars, tokens, nats,
+                 unk_chars / max(chars, 1))
 
 
 def bits_per_char(nats: float, chars: int) -> float:
@@ -101,11 +106,17 @@ class _Scorer:
         self.states = generator.zero_states(1)
         self.last_id: int | None = None  # the previous piece's last token predicts this piece's first
         self.nats, self.tokens, self.chars = 0.0, 0, 0
+        self.unk_chars = 0  # predicted characters inside [UNK] tokens
+        self.unk_id = generator.tokenizer.token_to_id(UNK)
 
     def feed(self, text: str) -> None:
         ids = encode(self.generator.tokenizer, text)
         if len(ids) == 0:
             return
+        unknown = ids == self.unk_id  # (n_tokens,)
+        if unknown.any():  # rare: the spans are only asked for then
+            unknown[0] &= self.last_id is not None  # the first token is never predicted
+            self.unk_chars += int(token_lengths(self.generator.tokenizer, text)[unknown].sum())
         if self.last_id is None:
             self.chars += len(text) - _first_token_chars(self.generator, text)
         else:
