@@ -104,3 +104,28 @@ def test_unk_char_share_counts_the_characters_of_unknown_words(tmp_path):
     assert score.unk_char_share == sum(map(len, unknown)) / score.characters
     assert evaluate_texts(generator, ["The cat sat on a mat.\n"]).unk_char_share == 0.0
     assert evaluate_texts(generator, ["Zork cat sat.\n"]).unk_char_share == 0.0  # never predicted
+
+
+def test_documents_score_as_trained_doc_text_doc_text_doc(lines_bundle, tmp_path, monkeypatch):
+    """Every token after the first [DOC] is charged, each document's closing [DOC] included;
+    characters are the documents' own (blank lines are no documents)."""
+    import textgen
+    import textgen.evaluate as module
+    from textgen.evaluate import evaluate_documents
+    from textgen.tokenizer import DOC
+
+    monkeypatch.setattr(module, "CHUNK_TOKENS", 7)  # state carried across chunks
+    generator = textgen.load(lines_bundle)
+    d1, d2 = "The cat sat on a mat.", "A dog ran to it."
+    path = tmp_path / "held_out.txt"
+    path.write_text(f"{d1}\n\n{d2}\n", encoding="utf-8")
+    doc = generator.tokenizer.token_to_id(DOC)
+    ids = np.concatenate([[doc], encode(generator.tokenizer, d1), [doc], encode(generator.tokenizer, d2), [doc]])
+    logits = np.asarray(generator.model(ids[None, :-1].astype(np.int32), training=False), np.float64)[0]
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    nats = -logp[np.arange(len(ids) - 1), ids[1:]].sum()
+    score = evaluate_documents(generator, [path], "lines")
+    assert (score.tokens, score.characters) == (len(ids) - 1, len(d1) + len(d2))
+    assert math.isclose(score.nats, nats, rel_tol=1e-6)
+    assert math.isclose(score.bits_per_char, nats / (len(d1) + len(d2)) / math.log(2), rel_tol=1e-6)
