@@ -163,3 +163,15 @@ def labelled_bundle(tmp_path_factory) -> Path:
     return textgen.train(str(corpus), docs="jsonl:text", label_field="kind", checkpoint_dir=root / "checkpoints",
                          log_dir=root / "runs", max_steps=300, learning_rate=0.01, patience=100,
                          **{**TINY, "units": 32, "seq_len": 32})
+
+
+@pytest.fixture(scope="session")
+def lines_bundle(tmp_path_factory) -> Path:
+    """A tiny char-level documents bundle (`--docs lines`) trained on make_text: each line a document."""
+    import textgen
+
+    root = tmp_path_factory.mktemp("lines_run")
+    corpus = root / "lines.txt"
+    corpus.write_text(make_text(), encoding="utf-8")
+    return textgen.train(str(corpus), docs="lines", checkpoint_dir=root / "checkpoints", log_dir=root / "runs",
+                         max_steps=3, **TINY)

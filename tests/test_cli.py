@@ -41,6 +41,9 @@ def test_lowercase_word_level_reports_coverage_and_writes_lowercase(tmp_path, ca
     (tmp_path / "val.txt").write_text(make_text(20).upper(), encoding="utf-8")  # folded: no [UNK] for case
     code, out, _ = run(capsys, "evaluate", bundle, tmp_path / "val.txt", "--json")
     assert code == 0 and 0 < json.loads(out)["bits_per_char"] < 8
+    (tmp_path / "val.txt").write_text("the zork", encoding="utf-8")  # "the" is never predicted, " zork" is [UNK]
+    code, out, _ = run(capsys, "evaluate", bundle, tmp_path / "val.txt")
+    assert code == 0 and "(5 characters, 100.00% of them inside [UNK] tokens, 1 tokens)" in out
 
 
 def test_train_generate_evaluate_end_to_end(tmp_path, capsys):
@@ -57,7 +60,8 @@ def test_train_generate_evaluate_end_to_end(tmp_path, capsys):
     (tmp_path / "val.txt").write_text(make_text(20), encoding="utf-8")
     code, out, _ = run(capsys, "evaluate", bundle, tmp_path / "val.txt", "--json")
     result = json.loads(out)
-    assert code == 0 and set(result) == {"bits_per_char", "perplexity", "characters", "tokens"}
+    assert code == 0 and set(result) == {"bits_per_char", "perplexity", "characters", "tokens",
+                                         "unk_char_share"}
     assert 0 < result["bits_per_char"] < 8
 
 
@@ -359,3 +363,23 @@ def test_samples_for_a_label_use_only_that_labels_characters(labelled_bundle):
         samples = g.sample("", num_samples=24, label=label, length=30, seed=5, temperature=0.5)
         assert set("".join(samples)) <= letters, (label, samples)
         assert sum(map(len, samples)) > 24  # they did write something
+
+
+def test_evaluate_scores_documents_in_the_bundles_mode_and_refuses_bad_files(lines_bundle, tmp_path, capsys):
+    import textgen
+    from textgen.evaluate import evaluate_documents, evaluate_files
+
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("The cat sat on a mat.\n\nA dog ran to it.\n", encoding="utf-8")
+    generator = textgen.load(lines_bundle)
+    as_documents = evaluate_documents(generator, [held_out], "lines").bits_per_char
+    assert as_documents != evaluate_files(generator, [held_out]).bits_per_char
+    for flags in ([], ["--docs", "lines"]):  # the bundle's own mode by default
+        code, out, _ = run(capsys, "evaluate", lines_bundle, held_out, "--json", *flags)
+        assert code == 0 and json.loads(out)["bits_per_char"] == as_documents
+    code, out, _ = run(capsys, "evaluate", lines_bundle, held_out, "--json", "--docs", "text")
+    assert code == 0 and json.loads(out)["bits_per_char"] == evaluate_files(generator, [held_out]).bits_per_char
+    assert_one_line_error(*run(capsys, "evaluate", lines_bundle, held_out, "--docs", "jsonl:text")[::2],
+                          f"{held_out}:1: not a JSON line")
+    assert_one_line_error(*run(capsys, "evaluate", lines_bundle, held_out, "--docs", "rows")[::2],
+                          "docs must be text, lines, jsonl:FIELD or csv:COLUMN")

@@ -22,15 +22,20 @@ def test_evaluate_equals_mean_loss_computed_directly(tiny_generator, corpus_text
     assert math.isclose(score.bits_per_char, mean_nats / math.log(2), rel_tol=1e-4)
 
 
-def test_bits_per_char_counts_characters_not_bpe_tokens(tmp_path):
+def _tiny_generator(tmp_path, level: str, vocab_size: int):
+    """A 3-step model of make_text(150) at `level`, loaded."""
     import textgen
     from tests.conftest import TINY, make_text
 
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(150), encoding="utf-8")
     bundle = textgen.train(str(corpus), checkpoint_dir=tmp_path / "ck", log_dir=tmp_path / "runs",
-                           max_steps=3, level="bpe", vocab_size=300, **TINY)
-    generator = textgen.load(bundle)
+                           max_steps=3, level=level, vocab_size=vocab_size, **TINY)
+    return textgen.load(bundle)
+
+
+def test_bits_per_char_counts_characters_not_bpe_tokens(tmp_path):
+    generator = _tiny_generator(tmp_path, "bpe", 300)
     text = "Then the cat sat on a mat.\n"
     first = generator.tokenizer.encode(text).tokens[0]  # "Then": never predicted
     score = evaluate_texts(generator, [text])
@@ -87,3 +92,40 @@ def test_bad_files_get_clear_errors(tiny_generator, tmp_path):
         (tmp_path / "f.txt").write_bytes(data)
         with pytest.raises(TextgenError, match=message):
             evaluate_files(tiny_generator, [tmp_path / "f.txt"])
+
+
+def test_unk_char_share_counts_the_characters_of_unknown_words(tmp_path):
+    """Word level charges one [UNK] for a whole unknown word: the score says how many characters that hid."""
+    generator = _tiny_generator(tmp_path, "word", 100)
+    text = "The cat zork on a mat.\nThe quux sat blorp dog.\n"
+    unknown = [" zork", " quux", " blorp"]  # each word carries its space into its [UNK]
+    score = evaluate_texts(generator, [text])
+    assert score.characters == len(text) - len("The")  # the first token is never predicted
+    assert score.unk_char_share == sum(map(len, unknown)) / score.characters
+    assert evaluate_texts(generator, ["The cat sat on a mat.\n"]).unk_char_share == 0.0
+    assert evaluate_texts(generator, ["Zork cat sat.\n"]).unk_char_share == 0.0  # never predicted
+
+
+def test_documents_score_as_trained_doc_text_doc_text_doc(lines_bundle, tmp_path, monkeypatch):
+    """Every token after the first [DOC] is charged, each document's closing [DOC] included;
+    characters are the documents' own (blank lines are no documents)."""
+    import textgen
+    import textgen.evaluate as module
+    from textgen.evaluate import evaluate_documents
+    from textgen.tokenizer import DOC
+
+    monkeypatch.setattr(module, "CHUNK_TOKENS", 7)  # state carried across chunks
+    generator = textgen.load(lines_bundle)
+    d1, d2 = "The cat sat on a mat.", "A dog ran to it."
+    path = tmp_path / "held_out.txt"
+    path.write_text(f"{d1}\n\n{d2}\n", encoding="utf-8")
+    doc = generator.tokenizer.token_to_id(DOC)
+    ids = np.concatenate([[doc], encode(generator.tokenizer, d1), [doc], encode(generator.tokenizer, d2), [doc]])
+    logits = np.asarray(generator.model(ids[None, :-1].astype(np.int32), training=False), np.float64)[0]
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    nats = -logp[np.arange(len(ids) - 1), ids[1:]].sum()
+    score = evaluate_documents(generator, [path], "lines")
+    assert (score.tokens, score.characters) == (len(ids) - 1, len(d1) + len(d2))
+    assert math.isclose(score.nats, nats, rel_tol=1e-6)
+    assert math.isclose(score.bits_per_char, nats / (len(d1) + len(d2)) / math.log(2), rel_tol=1e-6)

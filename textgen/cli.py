@@ -159,6 +159,8 @@ def _flag_type(rule: Rule):
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument("files", nargs="+", metavar="FILE", help="text files to score")
+    p.add_argument("--docs", metavar="MODE", help="text, lines, jsonl:FIELD or csv:COLUMN: score the files' "
+                   "documents each ended by [DOC] (default: the bundle's own mode)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(run=_run_evaluate)
 
@@ -355,7 +357,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    from textgen.evaluate import evaluate_files
+    from textgen.evaluate import evaluate_documents, evaluate_files
     from textgen.generate import load
 
     generator = load(args.bundle)
@@ -366,13 +368,20 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise TextgenError(f"{path}: not a file")
     total = sum(p.stat().st_size for p in paths)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="evaluating", disable=args.json) as bar:
-        score = evaluate_files(generator, paths, progress=bar.update)
+    docs = args.docs or generator.config.tokenizer.docs
+    # No bar with --json nor when stderr is not a terminal (as training's), so an error stays one line.
+    with tqdm(total=total, unit="B", unit_scale=True, desc="evaluating", disable=True if args.json else None) as bar:
+        if docs == "text":
+            score = evaluate_files(generator, paths, progress=bar.update)
+        else:
+            score = evaluate_documents(generator, paths, docs, progress=bar.update)
     if args.json:
-        print(json.dumps({k: score.to_dict()[k] for k in ("bits_per_char", "perplexity", "characters", "tokens")}))
+        keys = ("bits_per_char", "perplexity", "characters", "tokens", "unk_char_share")
+        print(json.dumps({k: score.to_dict()[k] for k in keys}))
     else:
+        unknown = f", {score.unk_char_share:.2%} of them inside [UNK] tokens" if score.unk_char_share else ""
         print(f"{score.bits_per_char:.4f} bits per character, perplexity {score.perplexity:.3f} per token "
-              f"({score.characters:,} characters, {score.tokens:,} tokens)")
+              f"({score.characters:,} characters{unknown}, {score.tokens:,} tokens)")
     return 0
 
 

@@ -5,21 +5,24 @@ state (textgen.cells) from one chunk to the next, so every token is predicted fr
 the text before it, as in generation. Files are read block by block, so memory stays
 flat whatever their size. Bits per character divide the total bits by the characters
 predicted in the original text, so char- and word-level models compare on one scale.
+Word level charges one [UNK] token for a whole unknown word, which flatters bits/char:
+the score also gives the share of the predicted characters that fell inside [UNK] tokens.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from textgen.config import TextgenError
+from textgen.config import TextgenError, TokenizerConfig
+from textgen.documents import read_documents
 from textgen.generate import TextGenerator
 from textgen.text import read_chunks
-from textgen.tokenizer import encode, token_pieces
+from textgen.tokenizer import DOC, UNK, encode, token_lengths, token_pieces
 
 CHUNK_TOKENS = 1024  # tokens per forward call
 READ_BYTES = 1 << 20  # bytes read from a file at a time
@@ -34,6 +37,7 @@ class Score:
     characters: int  # characters predicted (all but the first token's)
     tokens: int  # tokens predicted (all but the first)
     nats: float  # total negative log-likelihood in nats
+    unk_char_share: float = 0.0  # share of the characters that lie inside [UNK] tokens
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,21 +67,54 @@ def evaluate_files(generator: TextGenerator, paths: list[Path], progress=None) -
     return _score(documents, generator, None)
 
 
+def evaluate_documents(generator: TextGenerator, paths: list[Path], docs: str, progress=None) -> Score:
+    """Score files of documents (`docs`: lines, jsonl:FIELD, csv:COLUMN) the way a documents
+    bundle was trained: [DOC] d1 [DOC] d2 ... [DOC], each file from a fresh state.
+
+    Every token is predicted, the [DOC] ending each document included (the model's cost of
+    ending it), and the characters are the documents' own. Labels are not read: documents
+    are scored without their label token.
+
+    Args:
+        progress: optional callable(n_bytes) told how many bytes of file each block was.
+    """
+    settings = replace(generator.config.tokenizer, docs=docs, label_field=None, label_column=None)
+    settings.validate()
+    doc_id = generator.tokenizer.token_to_id(DOC)
+    if doc_id is None:  # bundles made before [DOC] existed
+        raise TextgenError("this bundle's vocabulary has no [DOC] token: it cannot score documents")
+    return _score((_document_pieces(p, settings, doc_id, progress) for p in paths), generator, None)
+
+
+def _document_pieces(path: Path, settings: TokenizerConfig, doc_id: int, progress) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """(text, ids after it) pieces of one documents file: a [DOC], then each document and its [DOC]."""
+    yield "", (doc_id,)
+    on_chunk = (lambda data: progress(len(data))) if progress else None
+    for document in read_documents(path, settings, on_chunk):
+        *pieces, last = ["", *token_pieces([document.text], settings.level)]  # "" if the text is empty
+        yield from ((piece, ()) for piece in pieces)
+        yield last, (doc_id,)
+
+
 def evaluate_document(generator: TextGenerator, pieces: Iterable[str]) -> Score:
     """Score one text given as consecutive pieces, state carried across them (as a file is read)."""
     return _score([pieces], generator, None)
 
 
-def _score(documents: Iterable[Iterable[str]], generator: TextGenerator, progress) -> Score:
-    nats, tokens, chars = 0.0, 0, 0
+def _score(documents: Iterable[Iterable[str | tuple[str, tuple[int, ...]]]], generator: TextGenerator,
+           progress) -> Score:
+    """Totals over documents of pieces: texts, or (text, ids that follow it and span no characters)."""
+    nats, tokens, chars, unk_chars = 0.0, 0, 0, 0
     for pieces in documents:
         scorer = _Scorer(generator, progress)
         for piece in pieces:
-            scorer.feed(piece)
+            scorer.feed(*((piece, ()) if isinstance(piece, str) else piece))
         if scorer.tokens < 1:
             raise TextgenError("text to evaluate is too short (needs at least two tokens)")
         nats, tokens, chars = nats + scorer.nats, tokens + scorer.tokens, chars + scorer.chars
-    return Score(bits_per_char(nats, chars), math.exp(nats / tokens), chars, tokens, nats)
+        unk_chars += scorer.unk_chars
+    return Score(bits_per_char(nats, chars), math.exp(nats / tokens), chars, tokens, nats,
+                 unk_chars / max(chars, 1))
 
 
 def bits_per_char(nats: float, chars: int) -> float:
@@ -101,16 +138,22 @@ class _Scorer:
         self.states = generator.zero_states(1)
         self.last_id: int | None = None  # the previous piece's last token predicts this piece's first
         self.nats, self.tokens, self.chars = 0.0, 0, 0
+        self.unk_chars = 0  # predicted characters inside [UNK] tokens
+        self.unk_id = generator.tokenizer.token_to_id(UNK)
 
-    def feed(self, text: str) -> None:
+    def feed(self, text: str, then: tuple[int, ...] = ()) -> None:
+        """Predict the tokens of `text`, then the ids `then` (they span no characters: [DOC])."""
         ids = encode(self.generator.tokenizer, text)
+        unknown = ids == self.unk_id  # (n_tokens,)
+        if unknown.any():  # rare: the spans are only asked for then
+            unknown[0] &= self.last_id is not None  # the first token is never predicted
+            self.unk_chars += int(token_lengths(self.generator.tokenizer, text)[unknown].sum())
+        if len(ids):
+            first = _first_token_chars(self.generator, text) if self.last_id is None else 0
+            self.chars += len(text) - first
+        ids = np.concatenate([[] if self.last_id is None else [self.last_id], ids, then]).astype(np.int32)
         if len(ids) == 0:
             return
-        if self.last_id is None:
-            self.chars += len(text) - _first_token_chars(self.generator, text)
-        else:
-            self.chars += len(text)
-            ids = np.concatenate([[self.last_id], ids]).astype(np.int32)
         for start in range(0, len(ids) - 1, CHUNK_TOKENS):
             x = ids[start : start + CHUNK_TOKENS]  # (time,)
             y = ids[start + 1 : start + 1 + CHUNK_TOKENS][: len(x)]

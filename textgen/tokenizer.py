@@ -240,6 +240,19 @@ def encode(tokenizer: Tokenizer, text: str) -> np.ndarray:
     return np.concatenate(ids) if ids else np.zeros(0, np.int32)
 
 
+def token_lengths(tokenizer: Tokenizer, text: str) -> np.ndarray:
+    """Characters of `text` each token of `encode(tokenizer, text)` spans, shape (n_tokens,).
+
+    Char level: one each (a character whose lowercase is two, such as "İ", counts as two).
+    """
+    level, table = _known(tokenizer)
+    if table is not None:
+        return np.ones(len(table.encode(text)), np.int64)
+    spans = [np.asarray(e.offsets, np.int64).reshape(-1, 2) for e in tokenizer.encode_batch(_word_chunks(text))]
+    spans = np.concatenate(spans) if spans else np.zeros((0, 2), np.int64)  # (n_tokens, 2) start, end
+    return spans[:, 1] - spans[:, 0]
+
+
 def is_panic(err: BaseException) -> bool:
     """Whether `err` is a Rust panic inside `tokenizers` (pyo3's PanicException, which is a
     BaseException: `except Exception` lets it through)."""
