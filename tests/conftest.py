@@ -59,16 +59,21 @@ def corpus_file(tmp_path: Path, corpus_text: str) -> Path:
     return path
 
 
+def train_tiny(tmp_path_factory, corpus_name: str, text: str, **options) -> Path:
+    """A real tiny training run on `text` in a fresh folder (checkpoints/ and runs/ beside the corpus)."""
+    import textgen
+
+    root = tmp_path_factory.mktemp(Path(corpus_name).stem + "_run")
+    corpus = root / corpus_name
+    corpus.write_text(text, encoding="utf-8")
+    return textgen.train(str(corpus), checkpoint_dir=root / "checkpoints", log_dir=root / "runs",
+                         **{**TINY, **options})
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
     """One real tiny training run, shared by every test that only reads a bundle."""
-    import textgen
-
-    root = tmp_path_factory.mktemp("tiny_run")
-    corpus = root / "tiny.txt"
-    corpus.write_text(make_text(), encoding="utf-8")
-    return textgen.train(str(corpus), checkpoint_dir=root / "checkpoints", log_dir=root / "runs",
-                         max_steps=40, **TINY)
+    return train_tiny(tmp_path_factory, "tiny.txt", make_text(), max_steps=40)
 
 
 @pytest.fixture
@@ -155,23 +160,11 @@ def make_labelled_documents(count: int = 1200) -> str:
 @pytest.fixture(scope="session")
 def labelled_bundle(tmp_path_factory) -> Path:
     """A tiny char-level documents bundle trained on make_labelled_documents (labels in field "kind")."""
-    import textgen
-
-    root = tmp_path_factory.mktemp("labelled_run")
-    corpus = root / "docs.jsonl"
-    corpus.write_text(make_labelled_documents(), encoding="utf-8")
-    return textgen.train(str(corpus), docs="jsonl:text", label_field="kind", checkpoint_dir=root / "checkpoints",
-                         log_dir=root / "runs", max_steps=300, learning_rate=0.01, patience=100,
-                         **{**TINY, "units": 32, "seq_len": 32})
+    return train_tiny(tmp_path_factory, "docs.jsonl", make_labelled_documents(), docs="jsonl:text",
+                      label_field="kind", max_steps=300, learning_rate=0.01, patience=100, units=32, seq_len=32)
 
 
 @pytest.fixture(scope="session")
 def lines_bundle(tmp_path_factory) -> Path:
     """A tiny char-level documents bundle (`--docs lines`) trained on make_text: each line a document."""
-    import textgen
-
-    root = tmp_path_factory.mktemp("lines_run")
-    corpus = root / "lines.txt"
-    corpus.write_text(make_text(), encoding="utf-8")
-    return textgen.train(str(corpus), docs="lines", checkpoint_dir=root / "checkpoints", log_dir=root / "runs",
-                         max_steps=3, **TINY)
+    return train_tiny(tmp_path_factory, "lines.txt", make_text(), docs="lines", max_steps=3)
