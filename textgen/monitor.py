@@ -197,8 +197,6 @@ class TensorBoardScalars(keras.callbacks.Callback):
     def __init__(self, log_dir: Path, tokens_per_step: int, chars_per_token: float, every: int = 10,
                  best_loss: float = math.inf):
         super().__init__()
-
-        self.tf = tf
         self.train_writer = tf.summary.create_file_writer(str(Path(log_dir) / "train"))
         self.val_writer = tf.summary.create_file_writer(str(Path(log_dir) / "validation"))
         self.tokens_per_step = tokens_per_step
@@ -242,7 +240,7 @@ class TensorBoardScalars(keras.callbacks.Callback):
     def _write(self, writer, step: int, **scalars: float) -> None:
         with writer.as_default(step=step):
             for name, value in scalars.items():
-                self.tf.summary.scalar(name, value)
+                tf.summary.scalar(name, value)
 
 
 def _markdown_block(text: str) -> str:
@@ -262,8 +260,6 @@ class TextSamples(keras.callbacks.Callback):
     def __init__(self, log_dir: Path, sampler: LiveSampler, prime: str,
                  temperatures: tuple = SAMPLE_TEMPERATURES, every: int | None = None):
         super().__init__()
-
-        self.tf = tf
         self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "samples"))
         self.sampler, self.prime = sampler, prime
         self.temperatures = tuple(temperatures)
@@ -288,7 +284,7 @@ class TextSamples(keras.callbacks.Callback):
         with self.writer.as_default(step=step):
             for temperature in self.temperatures:
                 text = self.sampler.sample(step, temperature, self.prime)
-                self.tf.summary.text(f"temperature_{temperature:g}", _markdown_block(text))
+                tf.summary.text(f"temperature_{temperature:g}", _markdown_block(text))
         self.writer.flush()  # samples are rare and worth seeing at once
 
 
@@ -329,8 +325,6 @@ class WeightHistograms(keras.callbacks.Callback):
 
     def __init__(self, log_dir: Path, current_model: Callable[[], keras.Model]):
         super().__init__()
-
-        self.tf = tf
         self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "weights"))
         self.current_model = current_model
 
@@ -338,5 +332,5 @@ class WeightHistograms(keras.callbacks.Callback):
         with self.writer.as_default(step=iterations(self.model)):
             for layer in self.current_model().layers:
                 for weight in layer.weights:  # e.g. lstm_0/lstm_cell/kernel
-                    self.tf.summary.histogram(weight.path, keras.ops.convert_to_numpy(weight))
+                    tf.summary.histogram(weight.path, keras.ops.convert_to_numpy(weight))
         self.writer.flush()
