@@ -37,6 +37,7 @@ BATCH, SEQ_LEN, VOCAB, EMBED = 64, 128, 65, 128
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 sys.path.insert(0, os.path.dirname(BENCH_DIR))  # import textgen from this checkout
+import textgen  # noqa: E402,F401  before TensorFlow: its CPU allocator setting (textgen/__init__.py)
 
 
 # ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from textgen import fast_lstm
 from textgen.fast_lstm import FastLSTM
 
 BATCH, STEPS, FEATURES, UNITS = 3, 7, 5, 4
@@ -45,6 +46,21 @@ def outputs_and_grads(layer, x, state, compile_mode):
     elif compile_mode == "xla":
         run = tf.function(run, jit_compile=True)
     return run(tf.constant(x), *(tf.constant(s) for s in state))
+
+
+def test_weight_gradient_is_timed_once_per_shape_and_both_forms_agree(monkeypatch):
+    a, dz = random(96, 8), random(96, 12, seed=1)
+    want = a.T @ dz  # (8, 12)
+    monkeypatch.setattr(fast_lstm, "_TRANSPOSED_FORM", {})
+    np.testing.assert_allclose(fast_lstm._weight_grad(tf.constant(a), tf.constant(dz)), want, rtol=1e-5, atol=1e-5)
+    assert fast_lstm._TRANSPOSED_FORM == {}  # too small to be worth timing: the plain form
+    monkeypatch.setattr(fast_lstm, "_TIMED_FLOPS", 0)
+    fast_lstm._weight_grad(tf.constant(a), tf.constant(dz))
+    assert list(fast_lstm._TRANSPOSED_FORM) == [(96, 8, 12, "float32")]
+    for transposed in (False, True):
+        fast_lstm._TRANSPOSED_FORM[(96, 8, 12, "float32")] = transposed
+        got = fast_lstm._weight_grad(tf.constant(a), tf.constant(dz))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("compile_mode", ["eager", "graph", "xla"])

@@ -10,7 +10,8 @@ gradients one time step at a time. This layer instead
 2. runs only h·U and the fused gate math inside the loop,
 3. uses a hand-written backward pass (`tf.custom_gradient`) whose loop only
    carries dh and dc back in time; dW, dU and db are then one big matmul each
-   over all time steps,
+   over all time steps (for dW and dU, the faster of two equivalent forms on
+   this CPU, timed once per shape: the better one differs 2-3x between CPUs),
 4. evaluates all four gates with one sigmoid: tanh(x) = 2·sigmoid(2x) - 1, so
    the candidate-gate columns are pre-scaled by 2 (a cheap op on the weights,
    not the activations) and every gate derivative is simply s·(1 - s),
@@ -22,6 +23,8 @@ and gate order i, f, c, o), so checkpoints are interchangeable.
 
 This module deliberately imports nothing else from textgen.
 """
+
+import time
 
 import keras
 import numpy as np
@@ -108,13 +111,49 @@ _backward_loop_xla = tf.function(_backward_loop, jit_compile=True, autograph=Fal
 USE_XLA = True
 
 
+# Which way round to compute a weight gradient, by (rows, K, 4H, dtype): True
+# for (dz^T·a)^T. Measured, not assumed: on a 2-core AVX-512 EPYC that form was
+# ~1.7x faster than a^T·dz; on a 2-core AVX2 EPYC it was 2-3x slower (TF 2.21,
+# oneDNN), and the weight gradients are a quarter of a training step's arithmetic.
+_TRANSPOSED_FORM = {}
+_TIMED_FLOPS = 1e8  # below this (test-sized models) the default form is used, untimed
+
+
 def _weight_grad(a, dz):
     """sum over rows of a^T · dz for a (N, K), dz (N, 4H): returns (K, 4H).
 
-    Computed as (dz^T · a)^T: TF's CPU matmul is ~1.7x faster when the wide
-    4H dimension is the output's rows rather than its columns.
+    Either as a^T·dz or as (dz^T·a)^T, whichever this CPU runs faster for
+    these shapes (`_prefers_transposed_form`).
     """
-    return tf.transpose(tf.matmul(dz, a, transpose_a=True))
+    if _prefers_transposed_form(a.shape, dz.shape, a.dtype):
+        return tf.transpose(tf.matmul(dz, a, transpose_a=True))
+    return tf.matmul(a, dz, transpose_a=True)
+
+
+def _prefers_transposed_form(a_shape, dz_shape, dtype):
+    """Time both forms of `_weight_grad` once per shape (eagerly, also while tracing)."""
+    rows, k, wide = a_shape[0], a_shape[1], dz_shape[1]
+    if rows is None or 2 * rows * k * wide < _TIMED_FLOPS:
+        return False
+    key = (rows, k, wide, dtype.name)
+    if key not in _TRANSPOSED_FORM:
+        with tf.init_scope():  # run eagerly even inside a tf.function being traced
+            a, dz = tf.zeros((rows, k), dtype), tf.zeros((rows, wide), dtype)
+            plain = _best_seconds(lambda: tf.matmul(a, dz, transpose_a=True))
+            transposed = _best_seconds(lambda: tf.transpose(tf.matmul(dz, a, transpose_a=True)))
+        _TRANSPOSED_FORM[key] = transposed < plain
+    return _TRANSPOSED_FORM[key]
+
+
+def _best_seconds(run, repeats=3):
+    """Best wall time of `repeats` calls of `run` after one warm-up call."""
+    run().numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run().numpy()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 @tf.custom_gradient
