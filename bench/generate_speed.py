@@ -139,8 +139,8 @@ def step_breakdown(generator, repeats: int = 2000) -> dict[str, float]:
 
     st = generator._stepper
     states = st.zero_states(1)
-    limit = st.single_threaded()
-    limit.__enter__()  # as inside generation
+    limit = st.decode_threads()
+    limit.__enter__()  # as inside generation (batch 1: single-threaded)
     token = np.zeros(1, np.int32)
     h = states[0]
 

@@ -115,8 +115,8 @@ class Scheduler:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        # BLAS single-threaded for the thread's life (see textgen.stepper).
-        with self.generator.single_threaded():
+        # BLAS threads for the thread's life, paced by the batch (see textgen.blas).
+        with self.generator.decode_threads() as self._threads:
             while (joining := self._next_jobs()) is not None:
                 for job in joining:
                     self._join(job)
@@ -167,8 +167,9 @@ class Scheduler:
         if not self._slots:
             return
         try:
-            logits, self._states = self.generator.step(np.concatenate([t for t in tokens if t is not None]),
-                                                       self._states)  # (rows, vocab)
+            rows = np.concatenate([t for t in tokens if t is not None])
+            self._threads.pace(len(rows))
+            logits, self._states = self.generator.step(rows, self._states)  # (rows, vocab)
         except BaseException as err:  # a bug in the model step: every active job ends with it
             for slot in self._slots:
                 self._fail(slot.job, err)

@@ -191,13 +191,14 @@ class TextGenerator:
         """
         run = Decoding(self, ids, num_samples, controls, first)
         logits, states = self.read_prime(ids, num_samples)  # (n, vocab)
-        # BLAS stays single-threaded while this generation runs (see textgen.stepper).
-        with self.single_threaded():
+        # BLAS threads for this generation's steps (see textgen.blas).
+        with self.decode_threads() as threads:
             while True:
                 tokens = run.choose(logits)  # (n,)
                 yield run.pieces(tokens)
                 if run.finished:
                     break
+                threads.pace(len(tokens))
                 logits, states = self.step(tokens, states)  # (n, vocab)
         yield run.flush()
 
@@ -206,9 +207,9 @@ class TextGenerator:
         logits, states = self._read(ids if len(ids) else self._start_ids())  # (1, vocab)
         return np.repeat(logits, num_samples, axis=0), [np.repeat(s, num_samples, axis=0) for s in states]
 
-    def single_threaded(self):
-        """Context manager: BLAS single-threaded; hold it around a loop of `step`s."""
-        return self._stepper.single_threaded()
+    def decode_threads(self):
+        """Context manager to hold around a loop of `step`s; call its `pace(batch)` before each."""
+        return self._stepper.decode_threads()
 
     def step(self, tokens: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """One token per row: tokens (batch,) -> logits (batch, vocab) and the new states.

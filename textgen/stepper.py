@@ -11,12 +11,11 @@ Keras's cells exactly, which tests check against the Keras model for each cell:
 - SimpleRNN: h' = tanh(x W + b + h U).
 What each layer carries (LSTM: h, c; the others: h) comes from textgen.cells.
 
-BLAS runs single-threaded inside every call: the products here are small (a batch of
-32 is ~17 MFLOP a step), so waking BLAS worker threads costs more than it saves, and
-on a busy machine (TensorFlow's threads, other processes) OpenBLAS's spinning workers
-made a batch-32 step 10x slower in our measurements. `forward` limits BLAS to one
-thread for its duration (threadpoolctl); a decode loop holds `single_threaded()` around
-its steps instead, because entering the limit per step would cost ~15 us a token.
+BLAS threads: the products here are small (a batch of 32 is ~17 MFLOP a step), so
+`forward` and `trace` run BLAS single-threaded (threadpoolctl), and a decode loop holds a
+`textgen.blas.DecodeThreads` around its steps, which gives big batches the cores other
+processes leave free (see textgen.blas for the measurements). Both are entered once per
+loop, not per step: entering a limit costs ~15 us.
 
 Two rewrites make a step cheap without changing its result (the first for every cell,
 the second for the LSTM, the default):
@@ -31,12 +30,9 @@ the second for the LSTM, the default):
 from __future__ import annotations
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
-
+from textgen.blas import DecodeThreads, single_threaded
 from textgen.cells import CELLS, Cell, cell_of
 
-BLAS_THREADS = 1
-_THREADPOOLS = ThreadpoolController()
 
 
 class Stepper:
@@ -83,9 +79,9 @@ class Stepper:
         return [np.zeros((batch, self.units), np.float32) for _ in self.cell.state_names(self.layers)]
 
     @staticmethod
-    def single_threaded():
-        """Context manager: BLAS at BLAS_THREADS threads (hold it around a loop of `step`s)."""
-        return _THREADPOOLS.limit(limits=BLAS_THREADS, user_api="blas")
+    def decode_threads() -> DecodeThreads:
+        """Context manager to hold around a loop of `step`s; call its `pace(batch)` before each."""
+        return DecodeThreads()
 
     def step(self, tokens: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """One token per row: tokens (batch,) -> logits (batch, vocab) and the new states."""
@@ -102,7 +98,7 @@ class Stepper:
         Each layer's input projection is one matrix product over all time steps; only the
         recurrence itself loops over time.
         """
-        with self.single_threaded():
+        with single_threaded():
             return self._forward(tokens, states)
 
     def _forward(self, tokens: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -129,7 +125,7 @@ class Stepper:
         tokens = np.asarray(tokens)[None, :]  # (1, time)
         time, x, found = tokens.shape[1], None, []
         states = self.zero_states(1)
-        with self.single_threaded():
+        with single_threaded():
             for i in range(self.layers):
                 projected = self._project(i, x, tokens)[0]  # (time, blocks*H)
                 layer = self._layer(states, i)
