@@ -18,6 +18,9 @@ On a machine shared with other work, wall-clock ratios mostly measure the
 other work (PyTorch's OpenMP threads suffer most from oversubscription);
 `--threads 1 --clock cpu` compares per-core efficiency robustly instead.
 
+`--train-py CORPUS` adds textgen's speed in real `python train.py` runs of each size
+(steps reached between two `--max-minutes` budgets), against the same run's PyTorch.
+
 Writes bench/results/train_speed-<size>.json (train_speed-<size>-jit.json with --jit).
 """
 
@@ -162,6 +165,32 @@ def torch_trainer(layers, units):
     return step
 
 
+def train_py_steps(size, corpus, minutes, workdir):
+    """Optimizer steps a real `python train.py` run of this size reaches in `minutes`."""
+    import subprocess
+
+    layers, units = SIZES[size]
+    name = f"{size}-{minutes:g}"
+    cmd = [sys.executable, os.path.join(os.path.dirname(BENCH_DIR), "train.py"), corpus, "--max-minutes", f"{minutes:g}",
+           "--layers", str(layers), "--units", str(units), "--embedding-dim", str(EMBED),
+           "--batch-size", str(BATCH), "--seq-len", str(SEQ_LEN), "--name", name,
+           "--checkpoint-dir", os.path.join(workdir, "ck"), "--log-dir", os.path.join(workdir, "runs")]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(os.path.join(workdir, "ck", name, "resume", "state.json")) as f:
+        return json.load(f)["state"]["step"]
+
+
+def train_py_tokens_per_second(size, corpus, budgets):
+    """textgen's training speed as users get it: a real `python train.py` (carried state,
+    dropout, the tf.data pipeline, validation), as the steps reached between two
+    `--max-minutes` budgets, so that start-up and exit cancel out."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as work:
+        short, long = (train_py_steps(size, corpus, m, work) for m in budgets)
+    return (long - short) * BATCH * SEQ_LEN / ((budgets[1] - budgets[0]) * 60), (short, long)
+
+
 # ----------------------------------------------------------------------------
 # Timing
 
@@ -221,6 +250,10 @@ def main():
         default="wall",
         help="cpu: time by process CPU time; with --threads 1 this is robust to other load on the machine",
     )
+    parser.add_argument("--train-py", metavar="CORPUS",
+                        help="also time real `python train.py CORPUS` runs of each size (textgen's defaults "
+                             "otherwise, dropout included) against this run's PyTorch")
+    parser.add_argument("--budgets", default="0.4 0.9", help="the two --max-minutes of --train-py (default: %(default)s)")
     args = parser.parse_args()
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu only measures throughput with --threads 1")
@@ -257,6 +290,14 @@ def main():
                 f"{r['gflops']:.1f} GFLOP/s ({r['pct_of_peak']:.0f}% of peak)  "
                 f"[best round {r['best_tokens_per_s']:,.0f}, {r['best_ratio_vs_torch']:.2f}x]"
             )
+        if args.train_py:
+            budgets = [float(b) for b in args.budgets.split()]
+            tps, steps = train_py_tokens_per_second(size, args.train_py, budgets)
+            ratio = tps / result["results"]["torch"]["tokens_per_s"]
+            print(f"  train.py: {tps:>8,.0f} tok/s  {ratio:.2f}x torch  (steps {steps[0]} at {budgets[0]:g} min, "
+                  f"{steps[1]} at {budgets[1]:g} min)", flush=True)
+            result["train_py"] = {"tokens_per_s": tps, "ratio_vs_torch": ratio, "budgets_min": budgets,
+                                  "steps": steps, "corpus": args.train_py}
         result.update(
             cpu=cpu_model(),
             cpu_count=os.cpu_count(),
