@@ -12,6 +12,8 @@ one line with its fix:
 It also decides the precision --mixed-precision gives (`choose_precision`): bfloat16 pays on
 a CPU only with bfloat16 matrix units (`bf16_matrix_units`), so the start-up lines say when
 it will be slower, and a resumed bfloat16 run continues in float32 on a CPU without them.
+TensorFlow is imported only by the functions that ask it: bench/machine.py reads the CPU
+here without it.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ import subprocess
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-
-import tensorflow as tf
 
 from textgen.distribute import mixed_precision_dtype
 
@@ -55,6 +55,8 @@ def tensorflow_cpu_warning() -> str | None:
 
 def device_line() -> str:
     """`Device: GPU 0 (NVIDIA ...)` for each GPU TensorFlow sees, else `Device: CPU, N cores`."""
+    import tensorflow as tf
+
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return f"Device: CPU, {os.cpu_count()} cores"
@@ -67,6 +69,8 @@ def device_line() -> str:
 
 def missing_gpu_hint() -> str | None:
     """A one-line fix when `nvidia-smi` lists a GPU that TensorFlow does not see, else None."""
+    import tensorflow as tf
+
     listed = [] if tf.config.list_physical_devices("GPU") else system_gpus()
     if not listed:
         return None
@@ -87,18 +91,25 @@ def system_gpus() -> list[str]:
     return [line.strip() for line in done.stdout.splitlines() if line.strip()]
 
 
-def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
-    """The CPU's feature flags (`flags : fpu vme ... amx_bf16`) from /proc/cpuinfo; an empty
-    set where it is unreadable (not Linux). The first processor's: all cores have the same."""
+def cpu_info(cpuinfo: Path = CPUINFO) -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ("model name", "flags", ...); {} where
+    it is unreadable (not Linux). The first processor's: every core has the same model and flags."""
     try:
         text = cpuinfo.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return set()
+        return {}
+    fields = {}
     for line in text.splitlines():
+        if not line.strip():  # a blank line ends a processor's block
+            break
         key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return set(value.split())
-    return set()
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
+    """The CPU's feature flags (`flags : fpu vme ... amx_bf16`); an empty set where unreadable."""
+    return set(cpu_info(cpuinfo).get("flags", "").split())
 
 
 def bf16_matrix_units(flags: set[str] | None = None) -> bool:
