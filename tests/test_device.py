@@ -113,6 +113,13 @@ def test_choose_precision(mixed, kind, units, resumed, saved, policy, line):
     assert device.choose_precision(mixed, kind, units, resumed=resumed, saved=saved) == device.Precision(policy, line)
 
 
+def test_an_unknown_recorded_precision_is_a_one_line_error():
+    from textgen.config import TextgenError
+
+    with pytest.raises(TextgenError, match="precision is 'float64', not one of float32, mixed_bfloat16"):
+        device.choose_precision(True, "CPU", False, resumed=True, saved="float64")
+
+
 @cpu_only
 @pytest.mark.skipif(device.bf16_matrix_units(), reason="this CPU has bfloat16 matrix units")
 def test_bfloat16_run_warns_records_its_precision_and_resumes_in_float32(corpus_file, tmp_path, capsys):

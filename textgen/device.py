@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from textgen.config import TextgenError
 from textgen.distribute import mixed_precision_dtype
 
 REPAIR_COMMAND = "pip uninstall -y tensorflow-cpu && pip install --force-reinstall --no-deps 'tensorflow>=2.21,<2.22'"
 CUDA_COMMAND = "pip install 'textgen[cuda]'"
 _NVIDIA_SMI_SECONDS = 10  # a hung driver must not hold up training's start
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # the Keras dtype policies a run computes in
 CPUINFO = Path("/proc/cpuinfo")
 SLOW_BFLOAT16_LINE = ("Warning: bfloat16 will be slower than float32 on this CPU (it has no bfloat16 matrix "
                       "units, amx_bf16); training goes on in bfloat16 as asked")
@@ -117,7 +119,7 @@ def bf16_matrix_units(flags: set[str] | None = None) -> bool:
 
     AMX, not `avx512_bf16`: measured (issue 11), bfloat16 training pays on a CPU only when
     oneDNN runs its matrix products on AMX tiles; without them (avx512_bf16 included) XLA's
-    loops run bfloat16 element by element and a step is slower than in float32.
+    loops run bfloat16 without matrix units, and a step is slower than in float32.
     """
     return "amx_bf16" in (cpu_flags() if flags is None else flags)
 
@@ -126,7 +128,7 @@ def bf16_matrix_units(flags: set[str] | None = None) -> bool:
 class Precision:
     """The compute precision a run uses and, when that needs saying, its start-up line."""
 
-    policy: str  # a Keras dtype policy: "float32", "mixed_bfloat16" or "mixed_float16"
+    policy: str  # one of PRECISIONS
     line: str | None = None
 
 
@@ -141,6 +143,8 @@ def choose_precision(mixed: bool, device_kind: str, bf16_units: bool, *, resumed
     which continues in float32: the weights are float32 variables either way, so only the
     compute precision changes.
     """
+    if saved is not None and saved not in PRECISIONS:
+        raise TextgenError(f"the resume state's precision is {saved!r}, not one of {', '.join(PRECISIONS)}")
     policy = saved or (mixed_precision_dtype(device_kind) if mixed else "float32")
     if policy != "mixed_bfloat16" or device_kind != "CPU" or bf16_units:
         return Precision(policy)
