@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import sysconfig
 import tempfile
@@ -149,11 +148,10 @@ def table(rows: list[dict]) -> str:
 
 
 def _write(out: Path, args, rows: list[dict]) -> None:
-    import keras
+    from machine import machine_record  # bench/machine.py (bench/ is this script's folder)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    document = {"args": {k: str(v) for k, v in vars(args).items()}, "machine": platform.processor() or platform.machine(),
-                "python": platform.python_version(), "keras": keras.__version__, "runs": rows}
+    document = {"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine_record(), "runs": rows}
     out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
 
 

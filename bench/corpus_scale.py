@@ -146,6 +146,9 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child(args)
+    from machine import describe, machine_record  # bench/machine.py (bench/ is this script's folder)
+
+    print(f"# {describe(machine_record())}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="textgen-scale-", dir=args.dir))
     os.environ["TEXTGEN_CACHE_DIR"] = str(work / "cache")
     results = []

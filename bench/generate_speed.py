@@ -186,6 +186,9 @@ def main() -> None:
                                           32 * (n // 4)),
         }, args.repeats)
         steps = step_breakdown(generator)
+    from machine import describe, machine_record  # bench/machine.py (bench/ is this script's folder)
+
+    print(describe(machine_record()))
     print(f"model: {generator.config.model.layers}x{generator.config.model.units} LSTM, "
           f"vocabulary {generator.config.model.vocab_size}; {os.cpu_count()} CPUs; "
           f"best of {r} interleaved runs")

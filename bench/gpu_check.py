@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from quality import cpu_model  # noqa: E402  (bench/quality.py: stdlib only at import)
+from machine import machine_record  # noqa: E402  (bench/machine.py)
 
 MODELS = {"S": dict(layers=2, units=256), "M": dict(layers=3, units=512)}
 TINY_MODELS = {"S": dict(layers=1, units=16, embedding_dim=8), "M": dict(layers=2, units=24, embedding_dim=8)}
@@ -63,7 +62,7 @@ def main(argv=None) -> int:
         runs = [_timed_run(textgen, keras, corpus, size, mixed, {**options, **sizes})
                 for size, sizes in models.items() for mixed in (False, True)]
         resume = _resume_check(textgen, keras, tf, corpus, steps, {**options, **models["S"]})
-    report = {"environment": _environment(tf, keras, textgen, gpus), "steps": steps, "corpus": str(corpus),
+    report = {"machine": machine_record(), "environment": _environment(tf, gpus), "steps": steps, "corpus": str(corpus),
               "runs": runs, "resume": resume}
     print(_table(runs))
     print(f"Resume: {'exact' if resume['exact'] else 'NOT exact'} (S float32, stopped at step "
@@ -150,17 +149,14 @@ def _resume_check(textgen, keras, tf, corpus: str, steps: int, options: dict) ->
     return {"exact": bool(exact), "max_abs_diff": diff, "stopped_at": steps // 2}
 
 
-def _environment(tf, keras, textgen, gpus) -> dict:
-    """What the numbers were measured on."""
+def _environment(tf, gpus) -> dict:
+    """The GPUs the numbers were measured on (the rest of the machine: bench/machine.py)."""
     from textgen.device import device_line
 
     return {"device": device_line(),
             "gpus": [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus],
             "driver": _nvidia_query("driver_version"), "cuda_build": tf.sysconfig.get_build_info().get("cuda_version"),
-            "cudnn_build": tf.sysconfig.get_build_info().get("cudnn_version"),
-            "tensorflow": tf.__version__, "keras": keras.__version__, "textgen": textgen.__version__,
-            "python": platform.python_version(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-            "platform": platform.platform()}
+            "cudnn_build": tf.sysconfig.get_build_info().get("cudnn_version")}
 
 
 def _nvidia_query(field: str) -> str | None:

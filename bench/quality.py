@@ -22,7 +22,8 @@ concurrently, so none shares the cores), each in a fresh process:
 
 Each budget is its own run (the schedules span the budget). The table is printed and
 written to bench/results/quality-<timestamp>.json (rewritten after every run, so an
-interrupted benchmark keeps what it measured) with the CPU model and library versions.
+interrupted benchmark keeps what it measured) with the machine (bench/machine.py: CPU model
+and flags, cores, load, library versions).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -39,6 +39,9 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded by path (tests)
+from machine import load_average, machine_record  # noqa: E402  (bench/machine.py)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -453,8 +456,7 @@ def _new_report(args: argparse.Namespace, split: dict) -> dict:
     return {
         "benchmark": "quality",
         "started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
-        "versions": _versions(),
+        "machine": machine_record(),
         "split": split,
         "options": {"minutes": args.minutes, "systems": args.systems, "textgen_args": args.textgen_args,
                     "threads": args.threads, "seed": args.seed},
@@ -465,33 +467,8 @@ def _new_report(args: argparse.Namespace, split: dict) -> dict:
 
 def _load_average() -> float | None:
     """The 1-minute load average (None where the OS has none)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _versions() -> dict:
-    from importlib import metadata
-
-    found = {"python": platform.python_version()}
-    for dist in ("textgen", "keras", "tensorflow-cpu", "tensorflow", "torch", "tokenizers"):
-        try:
-            found[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
+    load = load_average()
+    return load[0] if load else None
 
 
 def _write_json(path: Path, report: dict) -> None:

@@ -183,8 +183,9 @@ def main() -> None:
 
 
 def report(args, solo, solo_time, many, many_time, rss_before, rss_after) -> None:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    print(f"CPU: {cpu}, {os.cpu_count()} cores (shared: other jobs may run)")
+    from machine import describe, machine_record  # bench/machine.py
+
+    print(f"{describe(machine_record())} (shared: other jobs may run)")
     print(f"| | 1 client ({solo_time:.0f} s) | {args.clients} clients ({many_time:.0f} s) |")
     print("|---|---|---|")
     print(f"| requests served per second | {solo.served / solo_time:.1f} | {many.served / many_time:.1f} |")

@@ -27,7 +27,6 @@ Writes bench/results/train_speed-<size>.json (train_speed-<size>-jit.json with -
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +40,8 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 sys.path.insert(0, os.path.dirname(BENCH_DIR))  # import textgen from this checkout
 import textgen  # noqa: E402,F401  before TensorFlow: its CPU allocator setting (textgen/__init__.py)
+
+from machine import describe, machine_record  # noqa: E402  (bench/machine.py)
 
 
 # ----------------------------------------------------------------------------
@@ -77,16 +78,6 @@ def matmul_peak_gflops(n=2048, repeats=5):
         run()  # warm up the thread pool (and trace the tf.function)
         rates.append(2 * n**3 / min(_timed(run) for _ in range(repeats)) / 1e9)
     return max(rates)
-
-
-def cpu_model():
-    """CPU model name from /proc/cpuinfo (plus core count)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        return f"{names[0]} x{len(names)}"
-    except (OSError, IndexError):
-        return platform.processor() or "unknown"
 
 
 CLOCK = time.perf_counter  # main() switches to process CPU time for --clock cpu
@@ -265,7 +256,6 @@ def main():
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(args.threads)
 
-    import keras
     import tensorflow as tf
     import torch
 
@@ -277,8 +267,10 @@ def main():
     # Other work on the machine skews the comparison (PyTorch's OpenMP
     # threads suffer most from oversubscription), so record the load.
     load_before = os.getloadavg()
+    machine = machine_record()
+    print(describe(machine), flush=True)
     peak = matmul_peak_gflops()
-    print(f"CPU {cpu_model()}; float32 matmul peak {peak:.1f} GFLOP/s; load {load_before[0]:.1f}", flush=True)
+    print(f"float32 matmul peak {peak:.1f} GFLOP/s; load {load_before[0]:.1f}", flush=True)
     kinds = ["keras", "fast"] if args.layer == "both" else [args.layer]
     sizes = ["S", "M"] if args.size == "both" else [args.size]
     for size in sizes:
@@ -299,10 +291,8 @@ def main():
             result["train_py"] = {"tokens_per_s": tps, "ratio_vs_torch": ratio, "budgets_min": budgets,
                                   "steps": steps, "corpus": args.train_py}
         result.update(
-            cpu=cpu_model(),
-            cpu_count=os.cpu_count(),
+            machine=machine,
             matmul_peak_gflops=peak,
-            versions={"tensorflow": tf.__version__, "keras": keras.__version__, "torch": torch.__version__},
             threads={
                 "torch": torch.get_num_threads(),
                 "tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads(),

@@ -13,14 +13,13 @@ reports, over the letters-only runs of the samples ("words"):
   ("theprogram"), the failure word level had when whitespace was a token of its own.
 
 The result is printed and written to bench/results/word_level-<timestamp>.json with the
-CPU model and library versions.
+machine (bench/machine.py: CPU model and flags, cores, load, library versions).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import shlex
 import subprocess
@@ -28,6 +27,9 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_record  # noqa: E402  (bench/machine.py)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -70,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             "minutes": args.minutes, "corpus": corpus.name, "corpus_characters": len(text),
             "vocab_size": generator.config.model.vocab_size, "steps": generator.state.get("step"),
             "start_up": [line for line in run.stdout.splitlines() if line.startswith(("Corpus", "Vocabulary"))],
-            "example": samples[0][:300], "cpu": _cpu(), "python": platform.python_version(),
-            "textgen": textgen.__version__}
+            "example": samples[0][:300], "machine": machine_record()}
     print(json.dumps(figures, indent=2, ensure_ascii=False))
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -85,16 +86,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=1.0, help="training wall budget (default: %(default)s)")
     p.add_argument("--train-args", default="", help="extra train flags, e.g. \"--units 512\"")
     return p
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

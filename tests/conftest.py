@@ -28,6 +28,17 @@ TINY = dict(units=16, layers=2, embedding_dim=8, seq_len=16, batch_size=8, dropo
 TINY_FLAGS = [f"--{key.replace('_', '-')}={value}" for key, value in TINY.items()]  # the same, as CLI flags
 
 
+def bench_module(name: str):
+    """bench/NAME.py loaded by its path (bench/ is a folder of scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_text(lines: int = 200) -> str:
     """A repetitive text with a small alphabet: a tiny LSTM learns it within a few dozen steps."""
     words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "it"]

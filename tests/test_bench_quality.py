@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import SHARED_CORPORA, make_text
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "quality.py"
+from tests.conftest import SHARED_CORPORA, bench_module, make_text
 
 
 @pytest.fixture(scope="module")
 def quality():
-    spec = importlib.util.spec_from_file_location("bench_quality", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("quality")
 
 
 def _ids(text: str) -> tuple[np.ndarray, int]:

@@ -73,3 +73,80 @@ def test_training_start_up_names_the_device(corpus_file, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     model = next(i for i, line in enumerate(out) if line.startswith("Model: "))
     assert f"Device: CPU, {os.cpu_count()} cores" in out[:model]
+
+
+def test_cpu_flags_come_from_the_first_flags_line_and_are_empty_where_unreadable(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx2 amx_bf16 amx_tile\n\n"
+                       "processor\t: 1\nflags\t\t: fpu\n")
+    assert device.cpu_flags(cpuinfo) == {"fpu", "avx2", "amx_bf16", "amx_tile"}
+    assert device.cpu_flags(tmp_path / "absent") == set()  # e.g. not Linux
+
+
+def test_bfloat16_matrix_units_mean_amx_bf16_not_avx512_bf16():
+    assert device.bf16_matrix_units({"avx512f", "amx_tile", "amx_bf16"})
+    assert not device.bf16_matrix_units({"avx512f", "avx512_bf16", "amx_tile"})
+    assert device.bf16_matrix_units() == ("amx_bf16" in device.cpu_flags())
+
+
+@pytest.mark.parametrize("mixed, kind, units, resumed, saved, policy, line", [
+    # a new run gets what it asks for; only bfloat16 on a CPU without the units is said
+    (False, "CPU", False, False, None, "float32", None),
+    (False, "GPU", False, False, None, "float32", None),
+    (True, "GPU", False, False, None, "mixed_float16", None),
+    (True, "CPU", True, False, None, "mixed_bfloat16", None),
+    (True, "CPU", False, False, None, "mixed_bfloat16", device.SLOW_BFLOAT16_LINE),
+    # a resumed run continues in its recorded precision, bfloat16 only where the units are
+    (True, "CPU", True, True, "mixed_bfloat16", "mixed_bfloat16", None),
+    (True, "CPU", False, True, "mixed_bfloat16", "float32", device.RESUMED_IN_FLOAT32_LINE),
+    (True, "GPU", False, True, "mixed_bfloat16", "mixed_bfloat16", None),
+    (True, "GPU", False, True, "mixed_float16", "mixed_float16", None),
+    (True, "CPU", False, True, "float32", "float32", None),  # already continued in float32 once
+    (False, "CPU", False, True, "float32", "float32", None),
+    # a resume state saved before the precision was recorded: what the kept setting gives here
+    (False, "CPU", False, True, None, "float32", None),
+    (True, "CPU", True, True, None, "mixed_bfloat16", None),
+    (True, "CPU", False, True, None, "float32", device.RESUMED_IN_FLOAT32_LINE),
+    (True, "GPU", False, True, None, "mixed_float16", None),
+])
+def test_choose_precision(mixed, kind, units, resumed, saved, policy, line):
+    assert device.choose_precision(mixed, kind, units, resumed=resumed, saved=saved) == device.Precision(policy, line)
+
+
+def test_an_unknown_recorded_precision_is_a_one_line_error():
+    from textgen.config import TextgenError
+
+    with pytest.raises(TextgenError, match="precision is 'float64', not one of float32, mixed_bfloat16"):
+        device.choose_precision(True, "CPU", False, resumed=True, saved="float64")
+
+
+@cpu_only
+@pytest.mark.skipif(device.bf16_matrix_units(), reason="this CPU has bfloat16 matrix units")
+def test_bfloat16_run_warns_records_its_precision_and_resumes_in_float32(corpus_file, tmp_path, capsys):
+    import textgen
+    from textgen.resume import load_resume_state
+
+    options = dict(checkpoint_dir=tmp_path / "c", log_dir=tmp_path / "r", mixed_precision=True, **TINY)
+    bundle = textgen.train(str(corpus_file), max_steps=2, **options)
+    first = capsys.readouterr().out.splitlines()
+    assert load_resume_state(bundle).progress["precision"] == "mixed_bfloat16"
+    assert first.count(device.SLOW_BFLOAT16_LINE) == 1 and device.RESUMED_IN_FLOAT32_LINE not in first
+
+    textgen.train(str(corpus_file), max_steps=4, resume=True, **options)
+    resumed = capsys.readouterr().out.splitlines()
+    assert load_resume_state(bundle).progress["precision"] == "float32"
+    assert resumed.count(device.RESUMED_IN_FLOAT32_LINE) == 1 and device.SLOW_BFLOAT16_LINE not in resumed
+    model = next(i for i, line in enumerate(resumed) if line.startswith("Model: "))
+    assert resumed.index(device.RESUMED_IN_FLOAT32_LINE) < model  # a start-up line
+
+
+@cpu_only
+def test_float32_run_records_float32_and_says_nothing_of_precision(corpus_file, tmp_path, capsys):
+    import textgen
+    from textgen.resume import load_resume_state
+
+    bundle = textgen.train(str(corpus_file), checkpoint_dir=tmp_path / "c", log_dir=tmp_path / "r", max_steps=1,
+                           **TINY)
+    out = capsys.readouterr().out
+    assert load_resume_state(bundle).progress["precision"] == "float32"
+    assert "bfloat16" not in out

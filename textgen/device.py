@@ -8,6 +8,12 @@ one line with its fix:
   was installed last wins, and only a forced reinstall of `tensorflow` repairs it;
 - `nvidia-smi` works (the system has an NVIDIA GPU and driver) but TensorFlow sees no GPU:
   the CUDA libraries are missing.
+
+It also decides the precision --mixed-precision gives (`choose_precision`): bfloat16 pays on
+a CPU only with bfloat16 matrix units (`bf16_matrix_units`), so the start-up lines say when
+it will be slower, and a resumed bfloat16 run continues in float32 on a CPU without them.
+TensorFlow is imported only by the functions that ask it: bench/machine.py reads the CPU
+here without it.
 """
 
 from __future__ import annotations
@@ -15,13 +21,23 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
-import tensorflow as tf
+from textgen.config import TextgenError
+from textgen.distribute import mixed_precision_dtype
 
 REPAIR_COMMAND = "pip uninstall -y tensorflow-cpu && pip install --force-reinstall --no-deps 'tensorflow>=2.21,<2.22'"
 CUDA_COMMAND = "pip install 'textgen[cuda]'"
 _NVIDIA_SMI_SECONDS = 10  # a hung driver must not hold up training's start
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # the Keras dtype policies a run computes in
+CPUINFO = Path("/proc/cpuinfo")
+SLOW_BFLOAT16_LINE = ("Warning: bfloat16 will be slower than float32 on this CPU (it has no bfloat16 matrix "
+                      "units, amx_bf16); training goes on in bfloat16 as asked")
+RESUMED_IN_FLOAT32_LINE = ("Precision: this run trained in bfloat16, which is slower than float32 on this CPU "
+                           "(it has no bfloat16 matrix units, amx_bf16); it continues in float32 (the weights "
+                           "are float32 either way)")
 
 
 def startup_lines() -> list[str]:
@@ -41,6 +57,8 @@ def tensorflow_cpu_warning() -> str | None:
 
 def device_line() -> str:
     """`Device: GPU 0 (NVIDIA ...)` for each GPU TensorFlow sees, else `Device: CPU, N cores`."""
+    import tensorflow as tf
+
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return f"Device: CPU, {os.cpu_count()} cores"
@@ -53,6 +71,8 @@ def device_line() -> str:
 
 def missing_gpu_hint() -> str | None:
     """A one-line fix when `nvidia-smi` lists a GPU that TensorFlow does not see, else None."""
+    import tensorflow as tf
+
     listed = [] if tf.config.list_physical_devices("GPU") else system_gpus()
     if not listed:
         return None
@@ -71,3 +91,61 @@ def system_gpus() -> list[str]:
     if done.returncode != 0:
         return []
     return [line.strip() for line in done.stdout.splitlines() if line.strip()]
+
+
+def cpu_info(cpuinfo: Path = CPUINFO) -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ("model name", "flags", ...); {} where
+    it is unreadable (not Linux). The first processor's: every core has the same model and flags."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    fields = {}
+    for line in text.splitlines():
+        if not line.strip():  # a blank line ends a processor's block
+            break
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
+    """The CPU's feature flags (`flags : fpu vme ... amx_bf16`); an empty set where unreadable."""
+    return set(cpu_info(cpuinfo).get("flags", "").split())
+
+
+def bf16_matrix_units(flags: set[str] | None = None) -> bool:
+    """Whether the CPU has bfloat16 matrix units (the `amx_bf16` flag: Intel AMX tiles).
+
+    AMX, not `avx512_bf16`: measured (issue 11), bfloat16 training pays on a CPU only when
+    oneDNN runs its matrix products on AMX tiles; without them (avx512_bf16 included) XLA's
+    loops run bfloat16 without matrix units, and a step is slower than in float32.
+    """
+    return "amx_bf16" in (cpu_flags() if flags is None else flags)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The compute precision a run uses and, when that needs saying, its start-up line."""
+
+    policy: str  # one of PRECISIONS
+    line: str | None = None
+
+
+def choose_precision(mixed: bool, device_kind: str, bf16_units: bool, *, resumed: bool = False,
+                     saved: str | None = None) -> Precision:
+    """The precision of a run: --mixed-precision (`mixed`) on a device kind ("GPU" or "CPU").
+
+    A new run gets what it asks for (mixed_precision_dtype), with a warning when it is
+    bfloat16 on a CPU without `bf16_units` (slower than float32 there). A resumed run
+    continues in the precision its resume state recorded (`saved`; a state saved before it
+    was recorded means what `mixed` gives on this device), except bfloat16 on such a CPU,
+    which continues in float32: the weights are float32 variables either way, so only the
+    compute precision changes.
+    """
+    if saved is not None and saved not in PRECISIONS:
+        raise TextgenError(f"the resume state's precision is {saved!r}, not one of {', '.join(PRECISIONS)}")
+    policy = saved or (mixed_precision_dtype(device_kind) if mixed else "float32")
+    if policy != "mixed_bfloat16" or device_kind != "CPU" or bf16_units:
+        return Precision(policy)
+    return Precision("float32", RESUMED_IN_FLOAT32_LINE) if resumed else Precision(policy, SLOW_BFLOAT16_LINE)

@@ -17,12 +17,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from textgen import distribute
 from textgen.callbacks import BestBundle
 from textgen.bundle import save_bundle
 from textgen.card import Clock, write_card
 from textgen.config import Config, TextgenError
 from textgen.data import StreamLayout, make_stream_dataset
+from textgen.device import Precision, bf16_matrix_units, choose_precision
 from textgen.model import CarriedStateModel, build_model, build_stateful_model, copy_weights
 from textgen.resume import restore_variables, save_resume_state
 
@@ -61,6 +61,7 @@ class Session:
     first_step: int  # optimizer steps already taken (a resumed run's)
     trained_by: list[str]  # the textgen.train calls so far, for the model card
     clock: Clock  # training time across resumed sessions, for the model card
+    precision: Precision  # the compute precision, recorded in the resume state
 
     @property
     def best_val_loss(self) -> float:
@@ -84,6 +85,7 @@ class Session:
         """Write the resume state with the counters `best` keeps and the run settings a resumed
         run keeps (config.kept_settings); ResumeCheckpoint calls it."""
         progress = {**best.progress(), "replicas": self.replicas, "run": run_settings,
+                    "precision": self.precision.policy,  # a resumed run continues in it (device.choose_precision)
                     "trained_by": self.trained_by, "train_seconds": self.clock()}
         return save_resume_state(self.bundle_dir, self.trainer, self.prepared.tokenizer, self.prepared.config,
                                  progress)
@@ -104,28 +106,31 @@ def build_session(prepared: Prepared, bundle_dir: Path, strategy, resume_state=N
     """Seed, lay out the streams, build and compile the trainer, then restore or initialise its weights.
 
     `trained_by` is this run's `textgen.train(...)` call; the model card lists it after those
-    of the sessions a resume state continues.
+    of the sessions a resume state continues. `mixed_precision` is the run's request; the
+    precision used (device.choose_precision) goes into the resume state.
     """
     cfg = prepared.config
     replicas = strategy.num_replicas_in_sync
     keras.utils.set_random_seed(cfg.train.seed)
     layout = _replica_layout(len(prepared.train_ids), cfg.train.batch_size, cfg.train.seq_len, replicas)
     val_layout = _replica_layout(len(prepared.val_ids), layout.batch, layout.seq_len, replicas)
-    policy = distribute.mixed_precision_dtype(_device_kind()) if mixed_precision else None
+    precision = choose_precision(mixed_precision, _device_kind(), bf16_matrix_units(), resumed=resume_state is not None,
+                                 saved=resume_state.progress.get("precision") if resume_state else None)
     with strategy.scope():
-        trainer = _build_trainer(cfg, layout.batch // replicas, val_layout.batch // replicas, layout.seq_len, policy)
+        trainer = _build_trainer(cfg, layout.batch // replicas, val_layout.batch // replicas, layout.seq_len,
+                                 precision.policy)
         resumed = _restore(trainer, resume_state, replicas) if resume_state else {}
     if init_model is not None:
         copy_weights(init_model, trainer.net)
     first_step = int(trainer.optimizer.iterations.numpy())
     calls = [*resumed.get("trained_by", []), *([trained_by] if trained_by else [])]
     return Session(prepared, trainer, build_model(cfg.model), layout, val_layout, replicas, resumed, bundle_dir,
-                   first_step, calls, Clock(resumed.get("train_seconds", 0)))
+                   first_step, calls, Clock(resumed.get("train_seconds", 0)), precision)
 
 
-def _build_trainer(cfg: Config, batch: int, val_batch: int, seq_len: int, policy: str | None) -> CarriedStateModel:
+def _build_trainer(cfg: Config, batch: int, val_batch: int, seq_len: int, policy: str) -> CarriedStateModel:
     """The compiled carried-state trainer; `batch` and `val_batch` are one replica's streams."""
-    net = build_stateful_model(cfg.model, dropout=True, dtype=policy)
+    net = build_stateful_model(cfg.model, dropout=True, dtype=None if policy == "float32" else policy)
     trainer = CarriedStateModel(net, cfg.model, batch, val_batch)
     tokens = np.zeros((batch, seq_len), np.int32)  # MultiWorkerFix builds from one replica's batch
     trainer.build_batch = ((tokens, np.zeros(batch, bool)), tokens)

@@ -266,7 +266,7 @@ def _announce(session: Session, run_dir: Path) -> None:
         f"{len(p.val_ids):,} validation tokens ({cfg.tokenizer.level} level, "
         f"vocabulary {cfg.model.vocab_size:,})"
     )
-    for line in startup_lines():
+    for line in [*startup_lines(), *filter(None, [session.precision.line])]:
         print(line)
     print(
         f"Model: {cfg.model.layers}x{cfg.model.units} {cfg.model.cell.upper()}, "
