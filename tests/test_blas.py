@@ -50,6 +50,7 @@ def blas_threads() -> int:
 
 def test_decode_threads_start_single_and_give_back_the_old_limit(monkeypatch):
     monkeypatch.setattr(blas, "RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(blas, "FIRST_LOOK_SECONDS", 0.0)
     with threadpool_limits(limits=3, user_api="blas"):  # 3: more than pace ever gives here
         with DecodeThreads() as threads:
             assert blas_threads() == 1 and threads.threads == 1

@@ -4,11 +4,11 @@ A decode step is a few small matrix products (batch x units by units x 4*units).
 a 2-core EPYC (OpenBLAS, units 256), a second BLAS thread made a batch-32 product 1.7x
 faster on an idle machine, made batches of 16 and less 2-6x slower, and made any batch
 10-30x slower when another process kept a core busy (OpenBLAS's workers spin while they
-wait for a core). So a decode loop starts single-threaded and, every `RECHECK_SECONDS`,
-looks at how much CPU *other* processes used since the last look (the machine's busy time
-from /proc/stat minus this process's own): a batch of at least `PARALLEL_MIN_BATCH` gets
-the cores nobody else is using. Where /proc/stat is missing (not Linux), decoding stays
-single-threaded, as it always was.
+wait for a core). So a decode loop starts single-threaded and, after `FIRST_LOOK_SECONDS`
+and then every `RECHECK_SECONDS`, looks at how much CPU *other* processes used since the
+last look (the machine's busy time from /proc/stat minus this process's own): a batch of at
+least `PARALLEL_MIN_BATCH` gets the cores nobody else is using. Where /proc/stat is missing
+(not Linux), decoding stays single-threaded, as it always was.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from threadpoolctl import ThreadpoolController
 
 PARALLEL_MIN_BATCH = 32  # smaller batches were slower with a second thread
 RECHECK_SECONDS = 0.5  # how often a decode loop looks at the machine's load
+# The first look comes sooner: 32 samples of 200 characters take ~0.25 s in all. 50 ms is
+# five of /proc/stat's 10 ms ticks per core, enough to tell an idle core from a busy one.
+FIRST_LOOK_SECONDS = 0.05
 _THREADPOOLS = ThreadpoolController()
 
 
@@ -82,8 +85,9 @@ class OthersLoad:
 class DecodeThreads:
     """Context manager around a decode loop: BLAS single-threaded, widened by `pace` when it pays.
 
-    Call `pace(batch)` before each step; it looks at the machine at most every
-    RECHECK_SECONDS. On exit, BLAS gets back the thread count it had before.
+    Call `pace(batch)` before each step; it looks at the machine FIRST_LOOK_SECONDS after
+    entry, then at most every RECHECK_SECONDS. On exit, BLAS gets back the thread count it
+    had before.
     """
 
     def __init__(self):
@@ -93,7 +97,7 @@ class DecodeThreads:
     def __enter__(self) -> "DecodeThreads":
         self._limiter = _THREADPOOLS.limit(limits=1, user_api="blas")
         self._load = OthersLoad() if self._cores > 1 else None
-        self._next_look = time.monotonic() + RECHECK_SECONDS
+        self._next_look = time.monotonic() + FIRST_LOOK_SECONDS
         return self
 
     def pace(self, batch: int) -> None:
