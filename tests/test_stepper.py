@@ -70,3 +70,23 @@ def test_trained_bundle_weights_are_read_by_layer_name(tiny_generator):
     expected = np.asarray(tiny_generator.model(ids[None, :], training=False))  # (1, time, vocab)
     logits, _ = Stepper.from_model(tiny_generator.model).forward(ids[None, :], tiny_generator.zero_states(1))
     np.testing.assert_allclose(logits, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("one_by_one", [True, False])
+@pytest.mark.parametrize("rows", [0, 1, 2, 3, 4, 5, 32])
+def test_few_row_products_are_the_matrix_product(rows, one_by_one, monkeypatch):
+    from textgen import stepper
+    from textgen.stepper import _times
+
+    monkeypatch.setattr(stepper, "_rows_one_by_one", lambda: one_by_one)  # both of the probe's answers
+
+    rng = np.random.default_rng(rows)
+    x, w = rng.normal(size=(rows, 16)).astype(np.float32), rng.normal(size=(16, 24)).astype(np.float32)
+    np.testing.assert_allclose(_times(x, w), x @ w, rtol=1e-5, atol=1e-5)
+    assert _times(x, w).shape == (rows, 24) and _times(x[None], w).shape == (1, rows, 24)  # (batch, time, n) too
+
+
+def test_the_few_rows_probe_answers_once():
+    from textgen.stepper import _rows_one_by_one
+
+    assert _rows_one_by_one() in (True, False) and _rows_one_by_one.cache_info().currsize == 1

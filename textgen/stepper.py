@@ -12,10 +12,14 @@ Keras's cells exactly, which tests check against the Keras model for each cell:
 What each layer carries (LSTM: h, c; the others: h) comes from textgen.cells.
 
 BLAS threads: the products here are small (a batch of 32 is ~17 MFLOP a step), so
-`forward` and `trace` run BLAS single-threaded (threadpoolctl), and a decode loop holds a
-`textgen.blas.DecodeThreads` around its steps, which gives big batches the cores other
-processes leave free (see textgen.blas for the measurements). Both are entered once per
-loop, not per step: entering a limit costs ~15 us.
+`trace` runs BLAS single-threaded (threadpoolctl), and `forward` and a decode loop hold a
+`textgen.blas.DecodeThreads` around their steps, which gives big batches (inspect's
+thousands of rows, 32+ samples) the cores other processes leave free (see textgen.blas for
+the measurements). Both are entered once per
+loop, not per step: entering a limit costs ~15 us. A product of 2 to FEW_ROWS rows is
+done one row at a time (`_times`) where a one-time probe finds that faster: OpenBLAS's
+matrix-matrix kernel is 4-8x slower per row there than its matrix-vector one on an AVX2 EPYC,
+and faster on an AVX-512 Xeon.
 
 Two rewrites make a step cheap without changing its result (the first for every cell,
 the second for the LSTM, the default):
@@ -29,10 +33,46 @@ the second for the LSTM, the default):
 
 from __future__ import annotations
 
+import functools
+import time
+
 import numpy as np
 from textgen.blas import DecodeThreads, single_threaded
 from textgen.cells import CELLS, Cell, cell_of
 
+# (rows, 256) @ (256, 1024), one OpenBLAS thread. AVX2 EPYC: 1 row 18 us, 2 rows 90, 3 rows
+# 139, 4 rows 80, 8 rows 105, so one product per row wins up to 4 rows. AVX-512 Xeon: 1 row
+# 23 us, 2 rows 29, 3 rows 51, so there the matrix kernel wins. Hence a one-time probe.
+FEW_ROWS = 4
+
+
+@functools.cache
+def _rows_one_by_one() -> bool:
+    """Whether this machine's BLAS multiplies 3 rows faster one at a time (measured once, ~5 ms)."""
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 256), np.float32)
+    w = rng.random((256, 1024), np.float32)
+
+    def best_of(product) -> float:
+        times = []
+        for _ in range(15):
+            start = time.perf_counter()
+            product()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    with single_threaded():
+        return best_of(lambda: [x[r] @ w for r in range(3)]) < best_of(lambda: x @ w)
+
+
+def _times(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x @ w for w (n, m); an x of 2 to FEW_ROWS rows goes one row at a time where that is faster."""
+    if x.ndim != 2 or not 1 < len(x) <= FEW_ROWS or not _rows_one_by_one():
+        return x @ w
+    out = np.empty((len(x), w.shape[1]), np.result_type(x, w))  # (rows, m)
+    for row in range(len(x)):
+        np.matmul(x[row], w, out=out[row])
+    return out
 
 
 class Stepper:
@@ -90,7 +130,7 @@ class Stepper:
         for i in range(self.layers):
             x, layer = self._recur(i, self._project(i, x, tokens), self._layer(states, i))  # x: (batch, H)
             new_states += layer
-        return x @ self.dense_kernel + self.dense_bias, new_states  # (batch, vocab)
+        return _times(x, self.dense_kernel) + self.dense_bias, new_states  # (batch, vocab)
 
     def forward(self, tokens: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """A whole sequence, layer by layer: tokens (batch, time) -> logits (batch, time, vocab).
@@ -98,19 +138,22 @@ class Stepper:
         Each layer's input projection is one matrix product over all time steps; only the
         recurrence itself loops over time.
         """
-        with single_threaded():
-            return self._forward(tokens, states)
+        with DecodeThreads() as threads:
+            return self._forward(tokens, states, threads)
 
-    def _forward(self, tokens: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _forward(self, tokens: np.ndarray, states: list[np.ndarray],
+                 threads: DecodeThreads) -> tuple[np.ndarray, list[np.ndarray]]:
         tokens = np.asarray(tokens)
         batch, time = tokens.shape
         new_states = []
         x = None  # (batch, time, H) outputs of the layer below
         for i in range(self.layers):
+            threads.pace(batch)
             projected = self._project(i, x, tokens)  # (batch, time, blocks*H)
             layer = self._layer(states, i)
             out = np.empty((batch, time, self.units), np.float32)
             for t in range(time):
+                threads.pace(batch)
                 out[:, t], layer = self._recur(i, projected[:, t], layer)
             new_states += layer
             x = out
@@ -142,7 +185,7 @@ class Stepper:
 
     def _project(self, i: int, x: np.ndarray | None, tokens: np.ndarray) -> np.ndarray:
         """Layer i's input projection x W + b (a fresh array): a table lookup for layer 0."""
-        return self.table[tokens] if i == 0 else x @ self.kernels[i] + self.biases[i]
+        return self.table[tokens] if i == 0 else _times(x, self.kernels[i]) + self.biases[i]
 
     def _layer(self, states: list[np.ndarray], i: int) -> list[np.ndarray]:
         """Layer i's states out of the flat list."""
@@ -175,7 +218,7 @@ class LSTMStepper(Stepper):
 
     def _recur(self, i, xz, layer):
         h, c = layer
-        z = xz + h @ self.recurrent[i]  # (batch, 4H)
+        z = xz + _times(h, self.recurrent[i])  # (batch, 4H)
         h, c = self._cell(z, c)
         return h, [h, c]
 
@@ -222,7 +265,7 @@ class GRUStepper(Stepper):
     def _recur(self, i, xz, layer):
         (h,) = layer
         H = self.units
-        hz = h @ self.recurrent[i] + self.recurrent_biases[i]  # (batch, 3H): z, r, candidate
+        hz = _times(h, self.recurrent[i]) + self.recurrent_biases[i]  # (batch, 3H): z, r, candidate
         z = _sigmoid(xz[:, :H] + hz[:, :H])
         r = _sigmoid(xz[:, H : 2 * H] + hz[:, H : 2 * H])
         candidate = np.tanh(xz[:, 2 * H :] + r * hz[:, 2 * H :])
@@ -241,7 +284,7 @@ class RNNStepper(Stepper):
     cell = cell_of("rnn")
 
     def _recur(self, i, xz, layer):
-        h = np.tanh(xz + layer[0] @ self.recurrent[i])
+        h = np.tanh(xz + _times(layer[0], self.recurrent[i]))
         return h, [h]
 
 
