@@ -94,23 +94,37 @@ def test_bfloat16_matrix_units_mean_amx_bf16_not_avx512_bf16():
     (False, "CPU", False, False, None, "float32", None),
     (False, "GPU", False, False, None, "float32", None),
     (True, "GPU", False, False, None, "mixed_float16", None),
-    (True, "CPU", True, False, None, "mixed_bfloat16", None),
+    (True, "CPU", True, False, None, "bfloat16_matmuls", None),  # AMX: the products outside the loops
     (True, "CPU", False, False, None, "mixed_bfloat16", device.SLOW_BFLOAT16_LINE),
     # a resumed run continues in its recorded precision, bfloat16 only where the units are
     (True, "CPU", True, True, "mixed_bfloat16", "mixed_bfloat16", None),
     (True, "CPU", False, True, "mixed_bfloat16", "float32", device.RESUMED_IN_FLOAT32_LINE),
+    (True, "CPU", True, True, "bfloat16_matmuls", "bfloat16_matmuls", None),
+    (True, "CPU", False, True, "bfloat16_matmuls", "float32", device.RESUMED_IN_FLOAT32_LINE),
     (True, "GPU", False, True, "mixed_bfloat16", "mixed_bfloat16", None),
     (True, "GPU", False, True, "mixed_float16", "mixed_float16", None),
     (True, "CPU", False, True, "float32", "float32", None),  # already continued in float32 once
     (False, "CPU", False, True, "float32", "float32", None),
     # a resume state saved before the precision was recorded: what the kept setting gives here
     (False, "CPU", False, True, None, "float32", None),
-    (True, "CPU", True, True, None, "mixed_bfloat16", None),
+    (True, "CPU", True, True, None, "bfloat16_matmuls", None),
     (True, "CPU", False, True, None, "float32", device.RESUMED_IN_FLOAT32_LINE),
     (True, "GPU", False, True, None, "mixed_float16", None),
 ])
 def test_choose_precision(mixed, kind, units, resumed, saved, policy, line):
     assert device.choose_precision(mixed, kind, units, resumed=resumed, saved=saved) == device.Precision(policy, line)
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_other_cells_get_keras_bfloat16_on_a_cpu_with_amx(cell):
+    # bfloat16_matmuls is FastLSTM's; Keras' GRU and SimpleRNN take a dtype policy
+    assert device.choose_precision(True, "CPU", True, cell=cell) == device.Precision("mixed_bfloat16")
+
+
+def test_precisions_say_what_the_layers_and_the_lstm_products_compute_in():
+    views = {p: (device.Precision(p).layer_dtype, device.Precision(p).matmul_dtype) for p in device.PRECISIONS}
+    assert views == {"float32": (None, None), "mixed_bfloat16": ("mixed_bfloat16", None),
+                     "mixed_float16": ("mixed_float16", None), "bfloat16_matmuls": (None, "bfloat16")}
 
 
 def test_an_unknown_recorded_precision_is_a_one_line_error():
@@ -121,11 +135,13 @@ def test_an_unknown_recorded_precision_is_a_one_line_error():
 
 
 @cpu_only
-@pytest.mark.skipif(device.bf16_matrix_units(), reason="this CPU has bfloat16 matrix units")
-def test_bfloat16_run_warns_records_its_precision_and_resumes_in_float32(corpus_file, tmp_path, capsys):
+def test_bfloat16_run_warns_records_its_precision_and_resumes_in_float32(corpus_file, tmp_path, capsys,
+                                                                         monkeypatch):
     import textgen
+    from textgen import session
     from textgen.resume import load_resume_state
 
+    monkeypatch.setattr(session, "bf16_matrix_units", lambda: False)  # a CPU without AMX, whatever this one has
     options = dict(checkpoint_dir=tmp_path / "c", log_dir=tmp_path / "r", mixed_precision=True, **TINY)
     bundle = textgen.train(str(corpus_file), max_steps=2, **options)
     first = capsys.readouterr().out.splitlines()
@@ -138,6 +154,24 @@ def test_bfloat16_run_warns_records_its_precision_and_resumes_in_float32(corpus_
     assert resumed.count(device.RESUMED_IN_FLOAT32_LINE) == 1 and device.SLOW_BFLOAT16_LINE not in resumed
     model = next(i for i, line in enumerate(resumed) if line.startswith("Model: "))
     assert resumed.index(device.RESUMED_IN_FLOAT32_LINE) < model  # a start-up line
+
+
+@cpu_only
+def test_amx_run_trains_with_bfloat16_matmuls_and_resumes_in_them(corpus_file, tmp_path, capsys, monkeypatch):
+    import textgen
+    from textgen import session
+    from textgen.resume import load_resume_state
+
+    built, build = [], session.build_stateful_model
+    monkeypatch.setattr(session, "bf16_matrix_units", lambda: True)  # a CPU with AMX (any CPU can run it)
+    monkeypatch.setattr(session, "build_stateful_model", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
+    options = dict(checkpoint_dir=tmp_path / "c", log_dir=tmp_path / "r", mixed_precision=True, **TINY)
+    bundle = textgen.train(str(corpus_file), max_steps=2, **options)
+    textgen.train(str(corpus_file), max_steps=4, resume=True, **options)
+    assert load_resume_state(bundle).progress["precision"] == "bfloat16_matmuls"
+    lstms = [layer for net in built for layer in net.layers if layer.name.startswith("lstm_")]
+    assert [(layer.matmul_dtype, layer.dtype_policy.name) for layer in lstms] == [("bfloat16", "float32")] * 4
+    assert "bfloat16" not in capsys.readouterr().out  # nothing to warn of
 
 
 @cpu_only

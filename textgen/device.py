@@ -10,7 +10,8 @@ one line with its fix:
   the CUDA libraries are missing.
 
 It also decides the precision --mixed-precision gives (`choose_precision`): bfloat16 pays on
-a CPU only with bfloat16 matrix units (`bf16_matrix_units`), so the start-up lines say when
+a CPU only with bfloat16 matrix units (`bf16_matrix_units`), and there only for the big
+products outside the LSTM's time loops (`bfloat16_matmuls`), so the start-up lines say when
 it will be slower, and a resumed bfloat16 run continues in float32 on a CPU without them.
 TensorFlow is imported only by the functions that ask it: bench/machine.py reads the CPU
 here without it.
@@ -31,7 +32,10 @@ from textgen.distribute import mixed_precision_dtype
 REPAIR_COMMAND = "pip uninstall -y tensorflow-cpu && pip install --force-reinstall --no-deps 'tensorflow>=2.21,<2.22'"
 CUDA_COMMAND = "pip install 'textgen[cuda]'"
 _NVIDIA_SMI_SECONDS = 10  # a hung driver must not hold up training's start
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # the Keras dtype policies a run computes in
+# What a run computes in: Keras dtype policies, and bfloat16_matmuls: float32 layers whose LSTM
+# products outside the time loops run in bfloat16 (textgen.fast_lstm), for CPUs with AMX.
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16_matmuls")
+CPU_BFLOAT16 = ("mixed_bfloat16", "bfloat16_matmuls")  # slower than float32 on a CPU without amx_bf16
 CPUINFO = Path("/proc/cpuinfo")
 SLOW_BFLOAT16_LINE = ("Warning: bfloat16 will be slower than float32 on this CPU (it has no bfloat16 matrix "
                       "units, amx_bf16); training goes on in bfloat16 as asked")
@@ -131,12 +135,37 @@ class Precision:
     policy: str  # one of PRECISIONS
     line: str | None = None
 
+    @property
+    def layer_dtype(self) -> str | None:
+        """The Keras dtype policy of the layers (None: float32)."""
+        return self.policy if self.policy.startswith("mixed_") else None
+
+    @property
+    def matmul_dtype(self) -> str | None:
+        """The dtype of the LSTM's products outside its time loops (None: the layers')."""
+        return "bfloat16" if self.policy == "bfloat16_matmuls" else None
+
+
+def requested_precision(mixed: bool, device_kind: str, bf16_units: bool, cell: str = "lstm") -> str:
+    """What --mixed-precision (`mixed`) gives a new run on this device.
+
+    On a CPU with AMX, an LSTM gets bfloat16_matmuls: measured on a 2-core Xeon with amx_bf16
+    (issue 11), the products outside the time loops run 2-3.5x faster in bfloat16 there, while
+    XLA's loops run bfloat16 2.3x slower than float32 (no AMX inside them), so mixed_bfloat16
+    made a step 2x slower and bfloat16_matmuls made it 1.1-1.3x faster.
+    """
+    if not mixed:
+        return "float32"
+    if device_kind == "CPU" and bf16_units and cell == "lstm":
+        return "bfloat16_matmuls"
+    return mixed_precision_dtype(device_kind)
+
 
 def choose_precision(mixed: bool, device_kind: str, bf16_units: bool, *, resumed: bool = False,
-                     saved: str | None = None) -> Precision:
+                     saved: str | None = None, cell: str = "lstm") -> Precision:
     """The precision of a run: --mixed-precision (`mixed`) on a device kind ("GPU" or "CPU").
 
-    A new run gets what it asks for (mixed_precision_dtype), with a warning when it is
+    A new run gets what it asks for (requested_precision), with a warning when it is
     bfloat16 on a CPU without `bf16_units` (slower than float32 there). A resumed run
     continues in the precision its resume state recorded (`saved`; a state saved before it
     was recorded means what `mixed` gives on this device), except bfloat16 on such a CPU,
@@ -145,7 +174,7 @@ def choose_precision(mixed: bool, device_kind: str, bf16_units: bool, *, resumed
     """
     if saved is not None and saved not in PRECISIONS:
         raise TextgenError(f"the resume state's precision is {saved!r}, not one of {', '.join(PRECISIONS)}")
-    policy = saved or (mixed_precision_dtype(device_kind) if mixed else "float32")
-    if policy != "mixed_bfloat16" or device_kind != "CPU" or bf16_units:
+    policy = saved or requested_precision(mixed, device_kind, bf16_units, cell)
+    if policy not in CPU_BFLOAT16 or device_kind != "CPU" or bf16_units:
         return Precision(policy)
     return Precision("float32", RESUMED_IN_FLOAT32_LINE) if resumed else Precision(policy, SLOW_BFLOAT16_LINE)

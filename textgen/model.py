@@ -23,8 +23,12 @@ from textgen.distribute import MultiWorkerFix
 from textgen.fast_lstm import FastLSTM
 
 
-def _recurrent(cell: str, units: int, name: str, *, return_state: bool, dtype=None) -> keras.layers.RNN:
-    """One recurrent layer of the chosen cell, returning sequences (and its states if asked)."""
+def _recurrent(cell: str, units: int, name: str, *, return_state: bool, dtype=None,
+               matmul_dtype=None) -> keras.layers.RNN:
+    """One recurrent layer of the chosen cell, returning sequences (and its states if asked).
+
+    `matmul_dtype` ("bfloat16" or None) is FastLSTM's: the LSTM's products outside its loops.
+    """
     common = dict(return_sequences=True, return_state=return_state, name=name, dtype=dtype)
     if cell == "rnn":
         return keras.layers.SimpleRNN(units, activation="tanh", use_bias=True, **common)
@@ -36,7 +40,7 @@ def _recurrent(cell: str, units: int, name: str, *, return_state: bool, dtype=No
                  use_bias=True, **common)
     if cell == "gru":
         return keras.layers.GRU(units, reset_after=True, **gated)
-    return FastLSTM(units, **gated)
+    return FastLSTM(units, matmul_dtype=matmul_dtype, **gated)
 
 
 def build_model(cfg: ModelConfig) -> keras.Model:
@@ -54,7 +58,7 @@ def build_model(cfg: ModelConfig) -> keras.Model:
     return keras.Model(tokens, logits, name="textgen_lstm")
 
 
-def build_stateful_model(cfg: ModelConfig, *, dropout: bool = False, dtype=None) -> keras.Model:
+def build_stateful_model(cfg: ModelConfig, *, dropout: bool = False, dtype=None, matmul_dtype=None) -> keras.Model:
     """[tokens, *states] -> [logits, *new states], states as textgen.cells lists them
     (LSTM: [h_0, c_0, h_1, c_1, ...]; GRU and SimpleRNN: [h_0, h_1, ...]).
 
@@ -64,6 +68,8 @@ def build_stateful_model(cfg: ModelConfig, *, dropout: bool = False, dtype=None)
     `dtype`: a Keras dtype policy such as "mixed_bfloat16" for every layer but the
     logits, which stay float32 (a stable softmax); weights are float32 either way.
     It is given per layer, never set process-wide, so it cannot leak into later runs.
+    `matmul_dtype`: "bfloat16" runs an LSTM's products outside its time loops in bfloat16
+    (textgen.fast_lstm; --mixed-precision on CPUs with AMX), or None.
     """
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")  # (batch, time)
     rate = cfg.dropout if dropout else 0.0
@@ -74,7 +80,8 @@ def build_stateful_model(cfg: ModelConfig, *, dropout: bool = False, dtype=None)
         if i > 0 and rate > 0:
             x = keras.layers.Dropout(rate, name=f"dropout_{i}", dtype=dtype)(x)
         layer_in = [keras.Input(shape=(cfg.units,), name=f"{state}_{i}") for state in cell.states]  # (batch, units)
-        layer = _recurrent(cfg.cell, cfg.units, cell.layer_name(i), return_state=True, dtype=dtype)
+        layer = _recurrent(cfg.cell, cfg.units, cell.layer_name(i), return_state=True, dtype=dtype,
+                           matmul_dtype=matmul_dtype)
         x, *layer_out = layer(x, initial_state=layer_in)
         states_in += layer_in
         states_out += layer_out

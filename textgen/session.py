@@ -115,10 +115,10 @@ def build_session(prepared: Prepared, bundle_dir: Path, strategy, resume_state=N
     layout = _replica_layout(len(prepared.train_ids), cfg.train.batch_size, cfg.train.seq_len, replicas)
     val_layout = _replica_layout(len(prepared.val_ids), layout.batch, layout.seq_len, replicas)
     precision = choose_precision(mixed_precision, _device_kind(), bf16_matrix_units(), resumed=resume_state is not None,
-                                 saved=resume_state.progress.get("precision") if resume_state else None)
+                                 saved=resume_state.progress.get("precision") if resume_state else None, cell=cfg.model.cell)
     with strategy.scope():
         trainer = _build_trainer(cfg, layout.batch // replicas, val_layout.batch // replicas, layout.seq_len,
-                                 precision.policy)
+                                 precision)
         resumed = _restore(trainer, resume_state, replicas) if resume_state else {}
     if init_model is not None:
         copy_weights(init_model, trainer.net)
@@ -128,14 +128,14 @@ def build_session(prepared: Prepared, bundle_dir: Path, strategy, resume_state=N
                    first_step, calls, Clock(resumed.get("train_seconds", 0)), precision)
 
 
-def _build_trainer(cfg: Config, batch: int, val_batch: int, seq_len: int, policy: str) -> CarriedStateModel:
+def _build_trainer(cfg: Config, batch: int, val_batch: int, seq_len: int, precision: Precision) -> CarriedStateModel:
     """The compiled carried-state trainer; `batch` and `val_batch` are one replica's streams."""
-    net = build_stateful_model(cfg.model, dropout=True, dtype=None if policy == "float32" else policy)
+    net = build_stateful_model(cfg.model, dropout=True, dtype=precision.layer_dtype, matmul_dtype=precision.matmul_dtype)
     trainer = CarriedStateModel(net, cfg.model, batch, val_batch)
     tokens = np.zeros((batch, seq_len), np.int32)  # MultiWorkerFix builds from one replica's batch
     trainer.build_batch = ((tokens, np.zeros(batch, bool)), tokens)
     optimizer = keras.optimizers.Adam(cfg.train.learning_rate, global_clipnorm=cfg.train.clip_norm)
-    if policy == "mixed_float16":  # float16 gradients underflow without loss scaling
+    if precision.policy == "mixed_float16":  # float16 gradients underflow without loss scaling
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     trainer.compile(
         optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
