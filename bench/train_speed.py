@@ -21,6 +21,12 @@ other work (PyTorch's OpenMP threads suffer most from oversubscription);
 `--train-py CORPUS` adds textgen's speed in real `python train.py` runs of each size
 (steps reached between two `--max-minutes` budgets), against the same run's PyTorch.
 
+`--bfloat16` adds the bfloat16 gears: PyTorch under `torch.autocast("cpu", torch.bfloat16)`
+("torch-bf16"), FastLSTM with its products outside the time loops in bfloat16 ("fast-bf16",
+what `--mixed-precision` gives on a CPU with amx_bf16) and FastLSTM under Keras'
+`mixed_bfloat16` policy ("fast-mixed", what it gave before). With `--train-py`, a second pair
+of real runs with `--mixed-precision`.
+
 Writes bench/results/train_speed-<size>.json (train_speed-<size>-jit.json with --jit).
 """
 
@@ -103,18 +109,24 @@ def synthetic_batch():
 
 
 def keras_trainer(layers, units, layer_kind, jit):
-    """Return a zero-argument function that runs one Keras train step."""
+    """Return a zero-argument function that runs one Keras train step.
+
+    layer_kind: "keras" (keras.layers.LSTM), "fast" (FastLSTM), "fast-bf16" (FastLSTM's
+    products outside the loops in bfloat16) or "fast-mixed" (FastLSTM, mixed_bfloat16 policy).
+    """
     import keras
     import tensorflow as tf
 
     from textgen.fast_lstm import FastLSTM
 
-    lstm = {"keras": keras.layers.LSTM, "fast": FastLSTM}[layer_kind]
+    policy = "mixed_bfloat16" if layer_kind == "fast-mixed" else None
+    lstm = {"keras": keras.layers.LSTM, "fast": FastLSTM, "fast-mixed": FastLSTM,
+            "fast-bf16": lambda units, **kw: FastLSTM(units, matmul_dtype="bfloat16", **kw)}[layer_kind]
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.Input(batch_shape=(BATCH, SEQ_LEN), dtype="int32"), keras.layers.Embedding(VOCAB, EMBED)]
-        + [lstm(units, return_sequences=True) for _ in range(layers)]
-        + [keras.layers.Dense(VOCAB)]
+        [keras.Input(batch_shape=(BATCH, SEQ_LEN), dtype="int32"), keras.layers.Embedding(VOCAB, EMBED, dtype=policy)]
+        + [lstm(units, return_sequences=True, dtype=policy) for _ in range(layers)]
+        + [keras.layers.Dense(VOCAB, dtype="float32")]
     )
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
@@ -125,8 +137,8 @@ def keras_trainer(layers, units, layer_kind, jit):
     return lambda: model.train_on_batch(x, y)
 
 
-def torch_trainer(layers, units):
-    """Return a zero-argument function that runs one PyTorch train step."""
+def torch_trainer(layers, units, bfloat16=False):
+    """Return a zero-argument function that runs one PyTorch train step (under bfloat16 autocast if asked)."""
     import torch
     from torch import nn
 
@@ -149,36 +161,37 @@ def torch_trainer(layers, units):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x).reshape(-1, VOCAB), y.reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            loss = loss_fn(model(x).reshape(-1, VOCAB), y.reshape(-1))
         loss.backward()
         opt.step()
 
     return step
 
 
-def train_py_steps(size, corpus, minutes, workdir):
-    """Optimizer steps a real `python train.py` run of this size reaches in `minutes`."""
+def train_py_steps(size, corpus, minutes, workdir, extra=()):
+    """Optimizer steps a real `python train.py` run of this size (and `extra` flags) reaches in `minutes`."""
     import subprocess
 
     layers, units = SIZES[size]
-    name = f"{size}-{minutes:g}"
+    name = f"{size}-{minutes:g}{''.join(extra)}"
     cmd = [sys.executable, os.path.join(os.path.dirname(BENCH_DIR), "train.py"), corpus, "--max-minutes", f"{minutes:g}",
            "--layers", str(layers), "--units", str(units), "--embedding-dim", str(EMBED),
            "--batch-size", str(BATCH), "--seq-len", str(SEQ_LEN), "--name", name,
-           "--checkpoint-dir", os.path.join(workdir, "ck"), "--log-dir", os.path.join(workdir, "runs")]
+           "--checkpoint-dir", os.path.join(workdir, "ck"), "--log-dir", os.path.join(workdir, "runs"), *extra]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(os.path.join(workdir, "ck", name, "resume", "state.json")) as f:
         return json.load(f)["state"]["step"]
 
 
-def train_py_tokens_per_second(size, corpus, budgets):
+def train_py_tokens_per_second(size, corpus, budgets, extra=()):
     """textgen's training speed as users get it: a real `python train.py` (carried state,
     dropout, the tf.data pipeline, validation), as the steps reached between two
     `--max-minutes` budgets, so that start-up and exit cancel out."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as work:
-        short, long = (train_py_steps(size, corpus, m, work) for m in budgets)
+        short, long = (train_py_steps(size, corpus, m, work, extra) for m in budgets)
     return (long - short) * BATCH * SEQ_LEN / ((budgets[1] - budgets[0]) * 60), (short, long)
 
 
@@ -195,10 +208,12 @@ def tokens_per_second(step, seconds, min_steps=2):
     return steps * BATCH * SEQ_LEN / (CLOCK() - start)
 
 
-def bench_size(size, layer_kinds, rounds, seconds, jit, peak):
+def bench_size(size, layer_kinds, rounds, seconds, jit, peak, bfloat16=False):
     """Alternate torch and the Keras variants for `rounds`; return a result dict."""
     layers, units = SIZES[size]
     trainers = {"torch": torch_trainer(layers, units)}
+    if bfloat16:
+        trainers["torch-bf16"] = torch_trainer(layers, units, bfloat16=True)
     for kind in layer_kinds:
         trainers[kind] = keras_trainer(layers, units, kind, jit)
     for name, step in trainers.items():  # warm-up: tracing, allocation
@@ -224,6 +239,9 @@ def bench_size(size, layer_kinds, rounds, seconds, jit, peak):
             "ratio_vs_torch": tps / statistics.median(runs["torch"]),
             "best_ratio_vs_torch": max(values) / max(runs["torch"]),
         }
+        for base in ("torch-bf16", "fast"):
+            if base in runs:
+                summary[name][f"ratio_vs_{base}"] = tps / statistics.median(runs[base])
     return {"size": size, "layers": layers, "units": units, "flops_per_token": flops, "results": summary}
 
 
@@ -245,6 +263,9 @@ def main():
                         help="also time real `python train.py CORPUS` runs of each size (textgen's defaults "
                              "otherwise, dropout included) against this run's PyTorch")
     parser.add_argument("--budgets", default="0.4 0.9", help="the two --max-minutes of --train-py (default: %(default)s)")
+    parser.add_argument("--bfloat16", action="store_true",
+                        help="add PyTorch under bfloat16 autocast and textgen's bfloat16 variants (fast-bf16, "
+                             "fast-mixed); with --train-py, also real runs with --mixed-precision")
     args = parser.parse_args()
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu only measures throughput with --threads 1")
@@ -272,13 +293,16 @@ def main():
     peak = matmul_peak_gflops()
     print(f"float32 matmul peak {peak:.1f} GFLOP/s; load {load_before[0]:.1f}", flush=True)
     kinds = ["keras", "fast"] if args.layer == "both" else [args.layer]
+    if args.bfloat16:
+        kinds = [*dict.fromkeys([*kinds, "fast", "fast-bf16", "fast-mixed"])]
     sizes = ["S", "M"] if args.size == "both" else [args.size]
     for size in sizes:
         print(f"size {size}: {SIZES[size][0]} x LSTM({SIZES[size][1]}), batch {BATCH}, seq {SEQ_LEN}", flush=True)
-        result = bench_size(size, kinds, args.rounds, args.seconds, args.jit, peak)
+        result = bench_size(size, kinds, args.rounds, args.seconds, args.jit, peak, args.bfloat16)
         for name, r in result["results"].items():
+            others = "".join(f"  {r[f'ratio_vs_{b}']:.2f}x {b}" for b in ("torch-bf16", "fast") if f"ratio_vs_{b}" in r)
             print(
-                f"  {name:>5}: {r['tokens_per_s']:>8,.0f} tok/s  {r['ratio_vs_torch']:.2f}x torch  "
+                f"  {name:>10}: {r['tokens_per_s']:>8,.0f} tok/s  {r['ratio_vs_torch']:.2f}x torch{others}  "
                 f"{r['gflops']:.1f} GFLOP/s ({r['pct_of_peak']:.0f}% of peak)  "
                 f"[best round {r['best_tokens_per_s']:,.0f}, {r['best_ratio_vs_torch']:.2f}x]"
             )
@@ -290,6 +314,13 @@ def main():
                   f"{steps[1]} at {budgets[1]:g} min)", flush=True)
             result["train_py"] = {"tokens_per_s": tps, "ratio_vs_torch": ratio, "budgets_min": budgets,
                                   "steps": steps, "corpus": args.train_py}
+            if args.bfloat16:
+                mixed, mixed_steps = train_py_tokens_per_second(size, args.train_py, budgets, ["--mixed-precision"])
+                vs_bf16 = mixed / result["results"]["torch-bf16"]["tokens_per_s"]
+                print(f"  train.py --mixed-precision: {mixed:>8,.0f} tok/s  {mixed / tps:.2f}x its float32  "
+                      f"{vs_bf16:.2f}x torch-bf16  (steps {mixed_steps[0]}, {mixed_steps[1]})", flush=True)
+                result["train_py_mixed_precision"] = {"tokens_per_s": mixed, "ratio_vs_float32": mixed / tps,
+                                                      "ratio_vs_torch_bf16": vs_bf16, "steps": mixed_steps}
         result.update(
             machine=machine,
             matmul_peak_gflops=peak,
@@ -305,7 +336,8 @@ def main():
             command=" ".join(["python"] + sys.argv),
         )
         os.makedirs(RESULTS_DIR, exist_ok=True)
-        path = os.path.join(RESULTS_DIR, f"train_speed-{size}{'-jit' if args.jit else ''}.json")
+        suffix = ("-jit" if args.jit else "") + ("-bf16" if args.bfloat16 else "")
+        path = os.path.join(RESULTS_DIR, f"train_speed-{size}{suffix}.json")
         with open(path, "w") as f:
             json.dump(result, f, indent=2)
         print(f"  wrote {path}")
