@@ -93,7 +93,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                    help="wall budgets, one run per system each (default: %(default)s)")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated (default: %(default)s)")
     p.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="text file (default: ../shared/corpora/tinyshakespeare.txt)")
-    p.add_argument("--textgen-args", default="", help='extra `python train.py` flags, e.g. "--units 512"')
+    p.add_argument("--textgen-args", default="", help='extra `python train.py` flags, e.g. "--units 512" '
+                                                        '(one flag alone: --textgen-args=--mixed-precision)')
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for every system (default: each framework's own choice)")
     p.add_argument("--seed", type=int, default=0, help="seed for every system (default: %(default)s)")
