@@ -32,9 +32,10 @@ PAGE_CHARS = 5_000  # characters the gates, cells and page look at
 TOP_CELLS = 3  # cells listed per property
 PAGE_CELLS = 8  # panels of the cell page
 ROW_BUDGET = 1 << 23  # logits per forward call (rows x time x vocab): bounds memory for big vocabularies
-# A k with fewer rows than this shares LANES rows side by side with the other such ks (`_long_rows_nats`):
-# run alone, k = 131,072 on 200,000 tokens was 2 rows stepped 131,072 times, 15 s of a 2 x 256 model's
-# 156 s inspect on a 2-core Xeon; side by side, the big ks' rows keep 64 lanes busy.
+# A k with fewer rows than this shares LANES rows side by side with the other such ks
+# (`_long_rows_nats`). On 200,000 tokens with a 2 x 256 model on a 2-core Xeon, the ks from 4,096
+# up took 53.7 s run one by one (k = 131,072 is 2 rows stepped 131,072 times) and 45.4 s side by
+# side; 128 or 256 lanes were no faster (49.9, 53.2 s): NumPy's products bound it then.
 LANES = 64
 SATURATED = 0.9  # a gate above this is open, below 1 - this shut
 KEEP_GATES = {"lstm": "forget", "gru": "update"}  # the gate that decides how much of the state is kept
