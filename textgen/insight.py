@@ -101,7 +101,7 @@ def memory_span(generator, text: Text) -> tuple[list[dict], Score]:
     whole = evaluate_document(generator, text.pieces)
     inputs, targets = text.ids[:-1], text.ids[1:]
     ks = span_lengths(len(text.ids))[:-1]
-    long = [k for k in ks if -(-len(inputs) // k) < LANES]  # ks with fewer rows than lanes
+    long = [k for k in ks if math.ceil(len(inputs) / k) < LANES]  # ks with fewer rows than lanes
     nats = {k: _nats(generator, inputs, targets, k) for k in ks if k not in long}
     nats.update(_long_rows_nats(generator, inputs, targets, long))
     rows = [{"k": k, "bits_per_char": bits_per_char(nats[k], whole.characters)} for k in ks]

@@ -115,7 +115,8 @@ def build_session(prepared: Prepared, bundle_dir: Path, strategy, resume_state=N
     layout = _replica_layout(len(prepared.train_ids), cfg.train.batch_size, cfg.train.seq_len, replicas)
     val_layout = _replica_layout(len(prepared.val_ids), layout.batch, layout.seq_len, replicas)
     precision = choose_precision(mixed_precision, _device_kind(), bf16_matrix_units(), resumed=resume_state is not None,
-                                 saved=resume_state.progress.get("precision") if resume_state else None, cell=cfg.model.cell)
+                                 saved=resume_state.progress.get("precision") if resume_state else None,
+                                 cell=cfg.model.cell)
     with strategy.scope():
         trainer = _build_trainer(cfg, layout.batch // replicas, val_layout.batch // replicas, layout.seq_len,
                                  precision)
@@ -130,7 +131,8 @@ def build_session(prepared: Prepared, bundle_dir: Path, strategy, resume_state=N
 
 def _build_trainer(cfg: Config, batch: int, val_batch: int, seq_len: int, precision: Precision) -> CarriedStateModel:
     """The compiled carried-state trainer; `batch` and `val_batch` are one replica's streams."""
-    net = build_stateful_model(cfg.model, dropout=True, dtype=precision.layer_dtype, matmul_dtype=precision.matmul_dtype)
+    net = build_stateful_model(cfg.model, dropout=True, dtype=precision.layer_dtype,
+                               matmul_dtype=precision.matmul_dtype)
     trainer = CarriedStateModel(net, cfg.model, batch, val_batch)
     tokens = np.zeros((batch, seq_len), np.int32)  # MultiWorkerFix builds from one replica's batch
     trainer.build_batch = ((tokens, np.zeros(batch, bool)), tokens)

@@ -15,8 +15,8 @@ BLAS threads: the products here are small (a batch of 32 is ~17 MFLOP a step), s
 `trace` runs BLAS single-threaded (threadpoolctl), and `forward` and a decode loop hold a
 `textgen.blas.DecodeThreads` around their steps, which gives big batches (inspect's
 thousands of rows, 32+ samples) the cores other processes leave free (see textgen.blas for
-the measurements). Both are entered once per
-loop, not per step: entering a limit costs ~15 us. A product of 2 to FEW_ROWS rows is
+the measurements). Both are entered once per loop, not per step: entering a limit costs
+~15 us. A product of 2 to FEW_ROWS rows is
 done one row at a time (`_times`) where a one-time probe finds that faster: OpenBLAS's
 matrix-matrix kernel is 4-8x slower per row there than its matrix-vector one on an AVX2 EPYC,
 and faster on an AVX-512 Xeon.
@@ -48,7 +48,7 @@ FEW_ROWS = 4
 
 @functools.cache
 def _rows_one_by_one() -> bool:
-    """Whether this machine's BLAS multiplies 3 rows faster one at a time (measured once, ~5 ms)."""
+    """Whether this machine's BLAS multiplies 3 rows faster one at a time (measured once, ~10 ms)."""
     rng = np.random.default_rng(0)
     x = rng.random((3, 256), np.float32)
     w = rng.random((256, 1024), np.float32)
