@@ -16,23 +16,23 @@ import platform
 from datetime import datetime, timezone
 from importlib import metadata
 
-from textgen.device import bf16_matrix_units, cpu_flags, cpu_info
+from textgen.device import cpu_bfloat16, cpu_flags, cpu_info
 
 # The flags that decide how fast the matrix products run: AVX2/AVX-512 and FMA for float32,
-# avx512_bf16 and the AMX tiles for bfloat16 (textgen.device.bf16_matrix_units).
+# avx512_bf16 and the AMX tiles for bfloat16 (textgen.device.cpu_bfloat16).
 FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")
 DISTRIBUTIONS = ("textgen", "tensorflow", "tensorflow-cpu", "keras", "torch", "numpy", "tokenizers")
 
 
 def machine_record() -> dict:
     """The machine as a JSON-ready dict: cpu, cpu_flags (those of FLAGS_OF_INTEREST it has),
-    bf16_matrix_units, cores, load_average (1, 5, 15 minutes; None where the OS has none),
+    cpu_bfloat16 ("amx", "avx512" or None), cores, load_average (1, 5, 15 minutes; None where the OS has none),
     platform, versions (python and each installed distribution of DISTRIBUTIONS), date (UTC)."""
     flags = cpu_flags()
     return {
         "cpu": cpu_info().get("model name") or platform.processor() or "unknown",
         "cpu_flags": [flag for flag in FLAGS_OF_INTEREST if flag in flags],
-        "bf16_matrix_units": bf16_matrix_units(flags),
+        "cpu_bfloat16": cpu_bfloat16(flags),
         "cores": os.cpu_count(),
         "load_average": load_average(),
         "platform": platform.platform(),

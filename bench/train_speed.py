@@ -23,11 +23,12 @@ other work (PyTorch's OpenMP threads suffer most from oversubscription);
 
 `--bfloat16` adds the bfloat16 gears: PyTorch under `torch.autocast("cpu", torch.bfloat16)`
 ("torch-bf16"), FastLSTM with its products outside the time loops in bfloat16 ("fast-bf16",
-what `--mixed-precision` gives on a CPU with amx_bf16) and FastLSTM under Keras'
+what `--mixed-precision` gives on a CPU with amx_bf16 or avx512_bf16) and FastLSTM under Keras'
 `mixed_bfloat16` policy ("fast-mixed", what it gave before). With `--train-py`, a second pair
 of real runs with `--mixed-precision`.
 
-Writes bench/results/train_speed-<size>.json (train_speed-<size>-jit.json with --jit).
+Writes bench/results/train_speed-<size>[-jit][-bf16]-<UTC time>.json: one file per run, so the
+results of earlier machines stay beside this one's.
 """
 
 import argparse
@@ -337,7 +338,8 @@ def main():
         )
         os.makedirs(RESULTS_DIR, exist_ok=True)
         suffix = ("-jit" if args.jit else "") + ("-bf16" if args.bfloat16 else "")
-        path = os.path.join(RESULTS_DIR, f"train_speed-{size}{suffix}.json")
+        stamp = machine["date"].replace("-", "").replace(":", "")  # 20261202T124756Z
+        path = os.path.join(RESULTS_DIR, f"train_speed-{size}{suffix}-{stamp}.json")
         with open(path, "w") as f:
             json.dump(result, f, indent=2)
         print(f"  wrote {path}")

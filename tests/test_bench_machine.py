@@ -17,15 +17,15 @@ def machine():
 
 
 def test_record_names_the_cpu_its_flags_of_interest_cores_load_versions_and_date(machine):
-    from textgen.device import cpu_flags
+    from textgen.device import cpu_bfloat16, cpu_flags
 
     record = machine.machine_record()
-    assert set(record) == {"cpu", "cpu_flags", "bf16_matrix_units", "cores", "load_average", "platform", "versions",
+    assert set(record) == {"cpu", "cpu_flags", "cpu_bfloat16", "cores", "load_average", "platform", "versions",
                            "date"}
     assert record["cpu"] and record["cores"] == os.cpu_count()
     assert set(record["cpu_flags"]) <= set(machine.FLAGS_OF_INTEREST)
     assert set(record["cpu_flags"]) == set(machine.FLAGS_OF_INTEREST) & cpu_flags()
-    assert record["bf16_matrix_units"] == ("amx_bf16" in record["cpu_flags"])
+    assert record["cpu_bfloat16"] == cpu_bfloat16(set(record["cpu_flags"]))
     assert record["load_average"] is None or len(record["load_average"]) == 3
     assert record["versions"]["python"] == platform.python_version()
     assert {"tensorflow", "keras", "numpy", "tokenizers"} <= set(record["versions"])

@@ -83,42 +83,48 @@ def test_cpu_flags_come_from_the_first_flags_line_and_are_empty_where_unreadable
     assert device.cpu_flags(tmp_path / "absent") == set()  # e.g. not Linux
 
 
-def test_bfloat16_matrix_units_mean_amx_bf16_not_avx512_bf16():
-    assert device.bf16_matrix_units({"avx512f", "amx_tile", "amx_bf16"})
-    assert not device.bf16_matrix_units({"avx512f", "avx512_bf16", "amx_tile"})
-    assert device.bf16_matrix_units() == ("amx_bf16" in device.cpu_flags())
+def test_cpu_bfloat16_names_amx_first_then_avx512_bf16():
+    assert device.cpu_bfloat16({"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}) == "amx"
+    assert device.cpu_bfloat16({"avx512f", "avx512_bf16"}) == "avx512"
+    assert device.cpu_bfloat16({"avx2", "avx512f", "amx_tile"}) is None
+    assert device.cpu_bfloat16() == device.cpu_bfloat16(device.cpu_flags())
 
 
-@pytest.mark.parametrize("mixed, kind, units, resumed, saved, policy, line", [
-    # a new run gets what it asks for; only bfloat16 on a CPU without the units is said
-    (False, "CPU", False, False, None, "float32", None),
-    (False, "GPU", False, False, None, "float32", None),
-    (True, "GPU", False, False, None, "mixed_float16", None),
-    (True, "CPU", True, False, None, "bfloat16_matmuls", None),  # AMX: the products outside the loops
-    (True, "CPU", False, False, None, "mixed_bfloat16", device.SLOW_BFLOAT16_LINE),
-    # a resumed run continues in its recorded precision, bfloat16 only where the units are
-    (True, "CPU", True, True, "mixed_bfloat16", "mixed_bfloat16", None),
-    (True, "CPU", False, True, "mixed_bfloat16", "float32", device.RESUMED_IN_FLOAT32_LINE),
-    (True, "CPU", True, True, "bfloat16_matmuls", "bfloat16_matmuls", None),
-    (True, "CPU", False, True, "bfloat16_matmuls", "float32", device.RESUMED_IN_FLOAT32_LINE),
-    (True, "GPU", False, True, "mixed_bfloat16", "mixed_bfloat16", None),
-    (True, "GPU", False, True, "mixed_float16", "mixed_float16", None),
-    (True, "CPU", False, True, "float32", "float32", None),  # already continued in float32 once
-    (False, "CPU", False, True, "float32", "float32", None),
+@pytest.mark.parametrize("mixed, kind, cpu_bf16, resumed, saved, policy, line", [
+    # a new run gets what it asks for; only bfloat16 on a CPU without the instructions it needs is said
+    (False, "CPU", None, False, None, "float32", None),
+    (False, "GPU", None, False, None, "float32", None),
+    (True, "GPU", None, False, None, "mixed_float16", None),
+    (True, "CPU", "amx", False, None, "bfloat16_matmuls", None),  # the products outside the loops
+    (True, "CPU", "avx512", False, None, "bfloat16_matmuls", None),
+    (True, "CPU", None, False, None, "mixed_bfloat16", device.SLOW_BFLOAT16_LINE),
+    # a resumed run continues in its recorded precision, bfloat16 only where it pays
+    (True, "CPU", "amx", True, "mixed_bfloat16", "mixed_bfloat16", None),
+    (True, "CPU", "avx512", True, "mixed_bfloat16", "float32", device.RESUMED_IN_FLOAT32_LINE),
+    (True, "CPU", None, True, "mixed_bfloat16", "float32", device.RESUMED_IN_FLOAT32_LINE),
+    (True, "CPU", "amx", True, "bfloat16_matmuls", "bfloat16_matmuls", None),
+    (True, "CPU", "avx512", True, "bfloat16_matmuls", "bfloat16_matmuls", None),
+    (True, "CPU", None, True, "bfloat16_matmuls", "float32", device.RESUMED_IN_FLOAT32_LINE),
+    (True, "GPU", None, True, "mixed_bfloat16", "mixed_bfloat16", None),
+    (True, "GPU", None, True, "mixed_float16", "mixed_float16", None),
+    (True, "CPU", None, True, "float32", "float32", None),  # already continued in float32 once
+    (False, "CPU", None, True, "float32", "float32", None),
     # a resume state saved before the precision was recorded: what the kept setting gives here
-    (False, "CPU", False, True, None, "float32", None),
-    (True, "CPU", True, True, None, "bfloat16_matmuls", None),
-    (True, "CPU", False, True, None, "float32", device.RESUMED_IN_FLOAT32_LINE),
-    (True, "GPU", False, True, None, "mixed_float16", None),
+    (False, "CPU", None, True, None, "float32", None),
+    (True, "CPU", "amx", True, None, "bfloat16_matmuls", None),
+    (True, "CPU", None, True, None, "float32", device.RESUMED_IN_FLOAT32_LINE),
+    (True, "GPU", None, True, None, "mixed_float16", None),
 ])
-def test_choose_precision(mixed, kind, units, resumed, saved, policy, line):
-    assert device.choose_precision(mixed, kind, units, resumed=resumed, saved=saved) == device.Precision(policy, line)
+def test_choose_precision(mixed, kind, cpu_bf16, resumed, saved, policy, line):
+    assert device.choose_precision(mixed, kind, cpu_bf16, resumed=resumed, saved=saved) == device.Precision(policy, line)
 
 
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
-def test_other_cells_get_keras_bfloat16_on_a_cpu_with_amx(cell):
+def test_other_cells_get_keras_bfloat16_slow_without_amx(cell):
     # bfloat16_matmuls is FastLSTM's; Keras' GRU and SimpleRNN take a dtype policy
-    assert device.choose_precision(True, "CPU", True, cell=cell) == device.Precision("mixed_bfloat16")
+    assert device.choose_precision(True, "CPU", "amx", cell=cell) == device.Precision("mixed_bfloat16")
+    slow = device.Precision("mixed_bfloat16", device.SLOW_BFLOAT16_LINE)
+    assert device.choose_precision(True, "CPU", "avx512", cell=cell) == slow
 
 
 def test_precisions_say_what_the_layers_and_the_lstm_products_compute_in():
@@ -131,7 +137,7 @@ def test_an_unknown_recorded_precision_is_a_one_line_error():
     from textgen.config import TextgenError
 
     with pytest.raises(TextgenError, match="precision is 'float64', not one of float32, mixed_bfloat16"):
-        device.choose_precision(True, "CPU", False, resumed=True, saved="float64")
+        device.choose_precision(True, "CPU", None, resumed=True, saved="float64")
 
 
 @cpu_only
@@ -141,7 +147,7 @@ def test_bfloat16_run_warns_records_its_precision_and_resumes_in_float32(corpus_
     from textgen import session
     from textgen.resume import load_resume_state
 
-    monkeypatch.setattr(session, "bf16_matrix_units", lambda: False)  # a CPU without AMX, whatever this one has
+    monkeypatch.setattr(session, "cpu_bfloat16", lambda: None)  # a CPU without bfloat16 instructions
     options = dict(checkpoint_dir=tmp_path / "c", log_dir=tmp_path / "r", mixed_precision=True, **TINY)
     bundle = textgen.train(str(corpus_file), max_steps=2, **options)
     first = capsys.readouterr().out.splitlines()
@@ -163,7 +169,7 @@ def test_amx_run_trains_with_bfloat16_matmuls_and_resumes_in_them(corpus_file, t
     from textgen.resume import load_resume_state
 
     built, build = [], session.build_stateful_model
-    monkeypatch.setattr(session, "bf16_matrix_units", lambda: True)  # a CPU with AMX (any CPU can run it)
+    monkeypatch.setattr(session, "cpu_bfloat16", lambda: "amx")  # a CPU with AMX (any CPU can run it)
     monkeypatch.setattr(session, "build_stateful_model", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
     options = dict(checkpoint_dir=tmp_path / "c", log_dir=tmp_path / "r", mixed_precision=True, **TINY)
     bundle = textgen.train(str(corpus_file), max_steps=2, **options)

@@ -224,8 +224,8 @@ class RunConfig:
     val_file: str | None = option(None, "validate on this file instead of the corpus tail", group="corpus")
     strategy: str = option("default", "tf.distribute strategy; --batch-size is the global batch",
                            group="devices", choices=STRATEGIES)
-    mixed_precision: bool = option(False, "compute in float16 on GPUs, bfloat16 elsewhere (on a CPU with AMX: an "
-                                          "LSTM's products outside its time loops); weights stay float32",
+    mixed_precision: bool = option(False, "compute in float16 on GPUs, bfloat16 elsewhere (on a CPU with AMX or "
+                                          "AVX-512 BF16: an LSTM's products outside its time loops); weights stay float32",
                                    group="devices")
     name: str | None = option(None, "run name (default: the corpus file's stem)", group="output", resumable=True)
     overwrite: bool = option(False, "replace an existing run of that name", group="output", resumable=True)

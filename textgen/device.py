@@ -10,9 +10,10 @@ one line with its fix:
   the CUDA libraries are missing.
 
 It also decides the precision --mixed-precision gives (`choose_precision`): bfloat16 pays on
-a CPU only with bfloat16 matrix units (`bf16_matrix_units`), and there only for the big
-products outside the LSTM's time loops (`bfloat16_matmuls`), so the start-up lines say when
-it will be slower, and a resumed bfloat16 run continues in float32 on a CPU without them.
+a CPU only with bfloat16 matrix instructions (`cpu_bfloat16`: AMX tiles or AVX-512 BF16), and
+there only for the big products outside the LSTM's time loops (`bfloat16_matmuls`), so the
+start-up lines say when it will be slower, and a resumed bfloat16 run continues in float32 on a
+CPU without them.
 TensorFlow is imported only by the functions that ask it: bench/machine.py reads the CPU
 here without it.
 """
@@ -33,15 +34,18 @@ REPAIR_COMMAND = "pip uninstall -y tensorflow-cpu && pip install --force-reinsta
 CUDA_COMMAND = "pip install 'textgen[cuda]'"
 _NVIDIA_SMI_SECONDS = 10  # a hung driver must not hold up training's start
 # What a run computes in: Keras dtype policies, and bfloat16_matmuls: float32 layers whose LSTM
-# products outside the time loops run in bfloat16 (textgen.fast_lstm), for CPUs with AMX.
+# products outside the time loops run in bfloat16 (textgen.fast_lstm), for CPUs with bfloat16
+# matrix instructions.
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16_matmuls")
-CPU_BFLOAT16 = ("mixed_bfloat16", "bfloat16_matmuls")  # slower than float32 on a CPU without amx_bf16
+# The CPU bfloat16 hardware (`cpu_bfloat16`) each bfloat16 precision needs to beat float32.
+FAST_ON = {"mixed_bfloat16": ("amx",), "bfloat16_matmuls": ("amx", "avx512")}
 CPUINFO = Path("/proc/cpuinfo")
-SLOW_BFLOAT16_LINE = ("Warning: bfloat16 will be slower than float32 on this CPU (it has no bfloat16 matrix "
-                      "units, amx_bf16); training goes on in bfloat16 as asked")
+SLOW_BFLOAT16_LINE = ("Warning: bfloat16 will be slower than float32 on this CPU (it lacks the bfloat16 "
+                      "matrix instructions, amx_bf16 or avx512_bf16, this precision needs); training goes on in "
+                      "bfloat16 as asked")
 RESUMED_IN_FLOAT32_LINE = ("Precision: this run trained in bfloat16, which is slower than float32 on this CPU "
-                           "(it has no bfloat16 matrix units, amx_bf16); it continues in float32 (the weights "
-                           "are float32 either way)")
+                           "(it lacks the bfloat16 matrix instructions, amx_bf16 or avx512_bf16, this precision "
+                           "needs); it continues in float32 (the weights are float32 either way)")
 
 
 def startup_lines() -> list[str]:
@@ -118,14 +122,17 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str]:
     return set(cpu_info(cpuinfo).get("flags", "").split())
 
 
-def bf16_matrix_units(flags: set[str] | None = None) -> bool:
-    """Whether the CPU has bfloat16 matrix units (the `amx_bf16` flag: Intel AMX tiles).
+def cpu_bfloat16(flags: set[str] | None = None) -> str | None:
+    """The CPU's bfloat16 matrix instructions: "amx" (`amx_bf16`: Intel AMX tiles), "avx512"
+    (`avx512_bf16`: AVX-512 BF16 dot products, e.g. AMD Zen 4) or None.
 
-    AMX, not `avx512_bf16`: measured (issue 11), bfloat16 training pays on a CPU only when
-    oneDNN runs its matrix products on AMX tiles; without them (avx512_bf16 included) XLA's
-    loops run bfloat16 without matrix units, and a step is slower than in float32.
+    Measured (issue 11): on both, oneDNN's bfloat16 matrix products beat its float32 ones, so
+    FastLSTM's products outside the time loops pay in bfloat16 (1.15-1.35x a float32 step on a
+    Xeon with AMX, 1.2x on an EPYC with avx512_bf16); XLA's time loops run bfloat16 without
+    either (mixed_bfloat16 made an LSTM step 0.5-0.6x float32 on both).
     """
-    return "amx_bf16" in (cpu_flags() if flags is None else flags)
+    flags = cpu_flags() if flags is None else flags
+    return "amx" if "amx_bf16" in flags else "avx512" if "avx512_bf16" in flags else None
 
 
 @dataclass(frozen=True)
@@ -146,27 +153,27 @@ class Precision:
         return "bfloat16" if self.policy == "bfloat16_matmuls" else None
 
 
-def requested_precision(mixed: bool, device_kind: str, bf16_units: bool, cell: str = "lstm") -> str:
-    """What --mixed-precision (`mixed`) gives a new run on this device.
+def requested_precision(mixed: bool, device_kind: str, cpu_bf16: str | None, cell: str = "lstm") -> str:
+    """What --mixed-precision (`mixed`) gives a new run on this device (`cpu_bf16`: `cpu_bfloat16()`).
 
-    On a CPU with AMX, an LSTM gets bfloat16_matmuls: measured on a 2-core Xeon with amx_bf16
-    (issue 11), the products outside the time loops run 2-3.5x faster in bfloat16 there, while
-    XLA's loops run bfloat16 2.3x slower than float32 (no AMX inside them), so mixed_bfloat16
-    made a step 2x slower and bfloat16_matmuls made it 1.1-1.3x faster.
+    On a CPU with bfloat16 matrix instructions, an LSTM gets bfloat16_matmuls: measured on a
+    2-core Xeon with amx_bf16 (issue 11), the products outside the time loops run 2-3.5x faster
+    in bfloat16 there, while XLA's loops run bfloat16 2.3x slower than float32 (no AMX inside
+    them), so mixed_bfloat16 made a step 2x slower and bfloat16_matmuls made it 1.1-1.3x faster.
     """
     if not mixed:
         return "float32"
-    if device_kind == "CPU" and bf16_units and cell == "lstm":
+    if device_kind == "CPU" and cpu_bf16 and cell == "lstm":
         return "bfloat16_matmuls"
     return mixed_precision_dtype(device_kind)
 
 
-def choose_precision(mixed: bool, device_kind: str, bf16_units: bool, *, resumed: bool = False,
+def choose_precision(mixed: bool, device_kind: str, cpu_bf16: str | None, *, resumed: bool = False,
                      saved: str | None = None, cell: str = "lstm") -> Precision:
     """The precision of a run: --mixed-precision (`mixed`) on a device kind ("GPU" or "CPU").
 
-    A new run gets what it asks for (requested_precision), with a warning when it is
-    bfloat16 on a CPU without `bf16_units` (slower than float32 there). A resumed run
+    A new run gets what it asks for (requested_precision), with a warning when it is a
+    bfloat16 precision on a CPU without the instructions it needs (FAST_ON: slower than float32). A resumed run
     continues in the precision its resume state recorded (`saved`; a state saved before it
     was recorded means what `mixed` gives on this device), except bfloat16 on such a CPU,
     which continues in float32: the weights are float32 variables either way, so only the
@@ -174,7 +181,7 @@ def choose_precision(mixed: bool, device_kind: str, bf16_units: bool, *, resumed
     """
     if saved is not None and saved not in PRECISIONS:
         raise TextgenError(f"the resume state's precision is {saved!r}, not one of {', '.join(PRECISIONS)}")
-    policy = saved or requested_precision(mixed, device_kind, bf16_units, cell)
-    if policy not in CPU_BFLOAT16 or device_kind != "CPU" or bf16_units:
+    policy = saved or requested_precision(mixed, device_kind, cpu_bf16, cell)
+    if policy not in FAST_ON or device_kind != "CPU" or cpu_bf16 in FAST_ON[policy]:
         return Precision(policy)
     return Precision("float32", RESUMED_IN_FLOAT32_LINE) if resumed else Precision(policy, SLOW_BFLOAT16_LINE)

@@ -19,8 +19,8 @@ gradients one time step at a time. This layer instead
    ops (the rest of the train step stays ordinary TF graph),
 6. optionally (`matmul_dtype="bfloat16"`) runs the products outside the loops
    (x·W, dx, dW, dU) in bfloat16 through TensorFlow's oneDNN MatMul, which
-   uses AMX tiles where the CPU has them (2-3.5x float32 there, measured on a
-   Xeon with amx_bf16), while the loops, the state and the weights stay
+   uses AMX tiles or AVX-512 BF16 where the CPU has them (2-3.5x float32 on a
+   Xeon with amx_bf16, 2x on an EPYC with avx512_bf16), while the loops, the state and the weights stay
    float32: XLA's loops run bfloat16 products without the tiles (2.3x slower
    than float32 on the same Xeon).
 
@@ -249,7 +249,7 @@ class FastLSTM(keras.layers.LSTM):
     parent implementation, so behavior is never different, only speed.
 
     `matmul_dtype="bfloat16"` (the fast path only) runs the products outside the
-    time loops in bfloat16: faster on CPUs with AMX tiles, not elsewhere.
+    time loops in bfloat16: faster on CPUs with AMX tiles or AVX-512 BF16, not elsewhere.
     """
 
     def __init__(self, units, matmul_dtype=None, **kwargs):

@@ -22,7 +22,7 @@ from textgen.bundle import save_bundle
 from textgen.card import Clock, write_card
 from textgen.config import Config, TextgenError
 from textgen.data import StreamLayout, make_stream_dataset
-from textgen.device import Precision, bf16_matrix_units, choose_precision
+from textgen.device import Precision, choose_precision, cpu_bfloat16
 from textgen.model import CarriedStateModel, build_model, build_stateful_model, copy_weights
 from textgen.resume import restore_variables, save_resume_state
 
@@ -114,7 +114,7 @@ def build_session(prepared: Prepared, bundle_dir: Path, strategy, resume_state=N
     keras.utils.set_random_seed(cfg.train.seed)
     layout = _replica_layout(len(prepared.train_ids), cfg.train.batch_size, cfg.train.seq_len, replicas)
     val_layout = _replica_layout(len(prepared.val_ids), layout.batch, layout.seq_len, replicas)
-    precision = choose_precision(mixed_precision, _device_kind(), bf16_matrix_units(), resumed=resume_state is not None,
+    precision = choose_precision(mixed_precision, _device_kind(), cpu_bfloat16(), resumed=resume_state is not None,
                                  saved=resume_state.progress.get("precision") if resume_state else None,
                                  cell=cfg.model.cell)
     with strategy.scope():
