@@ -109,17 +109,29 @@ def memory_span(generator, text: Text) -> tuple[list[dict], Score]:
 
 
 def _nats(generator, inputs: np.ndarray, targets: np.ndarray, k: int) -> float:
-    """Total nats with rows of k tokens, each from a zero state (a shorter last row alone)."""
+    """Total nats with rows of k tokens, each from a zero state (a shorter last row alone).
+
+    Equal rows score equally, so each distinct row runs once, weighted by how often it occurs:
+    on 200,000 characters of English, k = 1 has ~65 distinct rows and k = 2 ~1,000, which took
+    11.7 and 8.7 s of inspect's ~170 s as 200,000 and 100,000 rows (a 2 x 256 model, 2 cores).
+    """
     full = len(inputs) // k * k
-    groups = [(inputs[:full].reshape(-1, k), targets[:full].reshape(-1, k))]
+    groups = [_distinct(inputs[:full].reshape(-1, k), targets[:full].reshape(-1, k))]
     if full < len(inputs):
-        groups.append((inputs[full:][None, :], targets[full:][None, :]))
+        groups.append((inputs[full:][None, :], targets[full:][None, :], np.ones(1)))
     total = 0.0
-    for x, y in groups:
+    for x, y, counts in groups:
         rows_per_call = max(1, ROW_BUDGET // (min(x.shape[1], CHUNK_TOKENS) * generator.config.model.vocab_size))
         for first in range(0, len(x), rows_per_call):
-            total += _rows_nats(generator, x[first : first + rows_per_call], y[first : first + rows_per_call])
+            part = slice(first, first + rows_per_call)
+            total += _rows_nats(generator, x[part], y[part], counts[part])
     return total
+
+
+def _distinct(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct rows of inputs x and targets y (rows, k) and how often each occurs."""
+    rows, counts = np.unique(np.concatenate([x, y[:, -1:]], axis=1), axis=0, return_counts=True)  # y is x moved by 1
+    return rows[:, :-1], rows[:, 1:], counts
 
 
 def _long_rows_nats(generator, inputs: np.ndarray, targets: np.ndarray, ks: list[int]) -> dict[int, float]:
@@ -156,13 +168,14 @@ def _long_rows_nats(generator, inputs: np.ndarray, targets: np.ndarray, ks: list
     return totals
 
 
-def _rows_nats(generator, x: np.ndarray, y: np.ndarray) -> float:
-    """Nats of rows run from a zero state in CHUNK_TOKENS columns, state carried (as evaluate)."""
+def _rows_nats(generator, x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> float:
+    """Nats of rows run from a zero state in CHUNK_TOKENS columns, state carried (as evaluate),
+    each row's counted `weights` times."""
     states, total = generator.zero_states(len(x)), 0.0
     for start in range(0, x.shape[1], CHUNK_TOKENS):
         nats, states = token_nats(generator, x[:, start : start + CHUNK_TOKENS], y[:, start : start + CHUNK_TOKENS],
                                   states)
-        total += float(nats.sum())
+        total += float(nats.sum(axis=1) @ weights)
     return total
 
 
