@@ -116,7 +116,8 @@ def test_cpu_bfloat16_names_amx_first_then_avx512_bf16():
     (True, "GPU", None, True, None, "mixed_float16", None),
 ])
 def test_choose_precision(mixed, kind, cpu_bf16, resumed, saved, policy, line):
-    assert device.choose_precision(mixed, kind, cpu_bf16, resumed=resumed, saved=saved) == device.Precision(policy, line)
+    chosen = device.choose_precision(mixed, kind, cpu_bf16, resumed=resumed, saved=saved)
+    assert chosen == device.Precision(policy, line)
 
 
 @pytest.mark.parametrize("cell", ["gru", "rnn"])

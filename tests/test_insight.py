@@ -69,10 +69,13 @@ def expected_bits(n_tokens, k, q=DistanceModel.Q):
     return nats / (n_tokens - 1) / math.log(2)
 
 
-def test_memory_span_returns_the_curve_known_by_construction():
+@pytest.mark.parametrize("level_bytes", [0, 1 << 26], ids=["rows-of-every-k", "rows-of-2k-from-rows-of-k"])
+def test_memory_span_returns_the_curve_known_by_construction(level_bytes, monkeypatch):
+    from textgen import insight
     from textgen.insight import Text
     from textgen.tokenizer import encode
 
+    monkeypatch.setattr(insight, "LEVEL_STATE_BYTES", level_bytes)  # both ways of running the rows
     model = DistanceModel()
     text = "0123456" * 143  # 1001 tokens: 1000 predictions
     rows, whole = memory_span(model, Text([text], encode(model.tokenizer, text), 0))
@@ -127,6 +130,21 @@ def test_a_model_trained_on_a_copy_task_is_worth_half_a_bit_more_from_42_tokens_
     short = min(row["bits_per_char"] for row in found.span if row["k"] <= 20)
     long = max(row["bits_per_char"] for row in found.span if row["k"] >= 42)
     assert long <= short - 0.5, found.span
+
+
+def test_rows_of_2k_run_from_rows_of_k_score_as_rows_run_from_zero(tiny_generator, tmp_path, monkeypatch):
+    from textgen import insight
+    from textgen.insight import read_text
+
+    path = tmp_path / "t.txt"
+    path.write_text(make_text(60), encoding="utf-8")
+    text = read_text(tiny_generator, path)
+    doubled, _ = memory_span(tiny_generator, text)
+    monkeypatch.setattr(insight, "LEVEL_STATE_BYTES", 0)  # every k from zero states
+    direct, _ = memory_span(tiny_generator, text)
+    assert [row["k"] for row in doubled] == [row["k"] for row in direct] and len(direct) > 8
+    for a, b in zip(doubled, direct):
+        assert a["bits_per_char"] == pytest.approx(b["bits_per_char"], rel=1e-6), (a, b)
 
 
 def test_text_properties_come_from_the_characters():

@@ -2,9 +2,11 @@
 
 Three measurements, each on the user's own model and text:
 - memory span: bits per character when the state is reset every k tokens (k = 1, 2, 4, ...
-  up to the whole text), i.e. how much each extra span of context is worth. Each k is one
-  batched pass: the tokens cut into rows of k, every row run from a zero state. The whole
-  text is scored exactly as `textgen evaluate` scores it (textgen.evaluate's functions);
+  up to the whole text), i.e. how much each extra span of context is worth. Each k is a
+  batched pass: the tokens cut into rows of k, every row run from a zero state (equal rows
+  once; from the k whose rows' end states fit in LEVEL_STATE_BYTES on, a row of 2k as the row
+  of k continued: `_Level`). The whole text is scored exactly as `textgen evaluate` scores it
+  (textgen.evaluate's functions);
 - gates: per layer, the distribution of each gate's activation (LSTM input/forget/output,
   GRU update/reset), the share of "keep" gates (LSTM forget, GRU update) saturated open
   (> 0.9) or shut (< 0.1), and for an LSTM the distribution of |c|;
@@ -32,11 +34,9 @@ PAGE_CHARS = 5_000  # characters the gates, cells and page look at
 TOP_CELLS = 3  # cells listed per property
 PAGE_CELLS = 8  # panels of the cell page
 ROW_BUDGET = 1 << 23  # logits per forward call (rows x time x vocab): bounds memory for big vocabularies
-# A k with fewer rows than this shares LANES rows side by side with the other such ks
-# (`_long_rows_nats`). On 200,000 tokens with a 2 x 256 model on a 2-core Xeon, the ks from 4,096
-# up took 53.7 s run one by one (k = 131,072 is 2 rows stepped 131,072 times) and 45.4 s side by
-# side; 128 or 256 lanes were no faster (49.9, 53.2 s): NumPy's products bound it then.
-LANES = 64
+# The memory span keeps every row's end state from the first k whose rows' states fit in this
+# (`_Level`): 16 and up for a 2 x 256 LSTM on 200,000 tokens (12,500 rows of 4 KB).
+LEVEL_STATE_BYTES = 64 << 20
 SATURATED = 0.9  # a gate above this is open, below 1 - this shut
 KEEP_GATES = {"lstm": "forget", "gru": "update"}  # the gate that decides how much of the state is kept
 
@@ -100,11 +100,18 @@ def memory_span(generator, text: Text) -> tuple[list[dict], Score]:
     """
     whole = evaluate_document(generator, text.pieces)
     inputs, targets = text.ids[:-1], text.ids[1:]
-    ks = span_lengths(len(text.ids))[:-1]
-    long = [k for k in ks if math.ceil(len(inputs) / k) < LANES]  # ks with fewer rows than lanes
-    nats = {k: _nats(generator, inputs, targets, k) for k in ks if k not in long}
-    nats.update(_long_rows_nats(generator, inputs, targets, long))
-    rows = [{"k": k, "bits_per_char": bits_per_char(nats[k], whole.characters)} for k in ks]
+    state_bytes = sum(state.nbytes for state in generator.zero_states(1))  # one row's
+    nats, level = {}, None
+    for k in span_lengths(len(text.ids))[:-1]:
+        if level is not None:
+            level = level.doubled(generator, inputs, targets)
+        elif math.ceil(len(inputs) / k) * state_bytes <= LEVEL_STATE_BYTES:
+            level = _Level.first(generator, inputs, targets, k)
+        else:
+            nats[k] = _nats(generator, inputs, targets, k)
+            continue
+        nats[k] = float(level.nats.sum())
+    rows = [{"k": k, "bits_per_char": bits_per_char(total, whole.characters)} for k, total in nats.items()]
     return rows + [{"k": len(inputs), "bits_per_char": whole.bits_per_char}], whole
 
 
@@ -124,7 +131,7 @@ def _nats(generator, inputs: np.ndarray, targets: np.ndarray, k: int) -> float:
         rows_per_call = max(1, ROW_BUDGET // (min(x.shape[1], CHUNK_TOKENS) * generator.config.model.vocab_size))
         for first in range(0, len(x), rows_per_call):
             part = slice(first, first + rows_per_call)
-            total += _rows_nats(generator, x[part], y[part], counts[part])
+            total += float(_rows_nats(generator, x[part], y[part])[0] @ counts[part])
     return total
 
 
@@ -134,49 +141,71 @@ def _distinct(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     return rows[:, :-1], rows[:, 1:], counts
 
 
-def _long_rows_nats(generator, inputs: np.ndarray, targets: np.ndarray, ks: list[int]) -> dict[int, float]:
-    """Total nats for each of `ks`, their rows (of k tokens, each from a zero state) run side by side.
+@dataclass(frozen=True)
+class _Level:
+    """One k of the memory span, row by row: row r is tokens [r*k, (r+1)*k) (the last may be
+    shorter), run from a zero state.
 
-    LANES lanes each run one row at a time, longest rows first; all lanes advance together by
-    at most CHUNK_TOKENS tokens (never past the end of a lane's row), carrying their states, and
-    a lane whose row has ended starts the next row from a zero state. So every row is scored
-    exactly as `_nats` scores it, in about sum(tokens) / LANES steps instead of sum(k).
+    Why rows keep their end states: a row of 2k is a row of k followed by the next row of k
+    run from the first one's end state (2k is a multiple of k, so the rows line up). So
+    `doubled` runs only the odd rows of this k, each from the end state of the row before
+    it, and every k after the first costs half a pass over the text instead of a whole one.
     """
-    n = len(inputs)
-    queue = sorted((min(start + k, n) - start, start, k) for k in ks for start in range(0, n, k))  # pop(): longest
-    totals = dict.fromkeys(ks, 0.0)
-    lanes: list[list[int] | None] = [None] * LANES  # per lane: [position, end, k] of its row
-    states = generator.zero_states(LANES)
-    while queue or any(lanes):
-        for lane in range(LANES):
-            if lanes[lane] is None and queue:
-                length, start, k = queue.pop()
-                lanes[lane] = [start, start + length, k]
-                for state in states:
-                    state[lane] = 0
-        active = [lane for lane in range(LANES) if lanes[lane]]
-        width = min(CHUNK_TOKENS, *(lanes[lane][1] - lanes[lane][0] for lane in active))
-        x = np.stack([inputs[lanes[lane][0] : lanes[lane][0] + width] for lane in active])  # (active, width)
-        y = np.stack([targets[lanes[lane][0] : lanes[lane][0] + width] for lane in active])
-        nats, new_states = token_nats(generator, x, y, [state[active] for state in states])
-        for state, new in zip(states, new_states):
-            state[active] = new
-        for row, lane in enumerate(active):
-            position, end, k = lanes[lane]
-            totals[k] += float(nats[row].sum())
-            lanes[lane] = [position + width, end, k] if position + width < end else None
-    return totals
+
+    k: int
+    nats: np.ndarray  # (rows,) each row's total nats
+    states: list[np.ndarray]  # each (rows, units): every row's end state, in zero_states' order
+
+    @classmethod
+    def first(cls, generator, inputs: np.ndarray, targets: np.ndarray, k: int) -> "_Level":
+        """Every row of k from a zero state."""
+        starts = range(0, len(inputs), k)
+        return cls(k, *_run_rows(generator, inputs, targets, starts, k, generator.zero_states(len(starts))))
+
+    def doubled(self, generator, inputs: np.ndarray, targets: np.ndarray) -> "_Level":
+        """The rows of 2k: each even row of this k, then the odd row after it from its end state."""
+        odd = range(self.k, len(inputs), 2 * self.k)  # starts of the odd rows
+        odd_nats, odd_states = _run_rows(generator, inputs, targets, odd, self.k,
+                                         [state[0 : 2 * len(odd) : 2] for state in self.states])
+        nats = self.nats[0::2].copy()
+        nats[: len(odd)] += odd_nats
+        states = [state[0::2].copy() for state in self.states]
+        for state, after in zip(states, odd_states):
+            state[: len(odd)] = after
+        return _Level(2 * self.k, nats, states)
 
 
-def _rows_nats(generator, x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> float:
-    """Nats of rows run from a zero state in CHUNK_TOKENS columns, state carried (as evaluate),
-    each row's counted `weights` times."""
-    states, total = generator.zero_states(len(x)), 0.0
+def _run_rows(generator, inputs: np.ndarray, targets: np.ndarray, starts: range, k: int,
+              states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Rows [start, start + k) (the last may be shorter) from `states` (one row each): each
+    row's nats (rows,) and end states."""
+    full = sum(1 for start in starts if start + k <= len(inputs))
+    index = np.asarray(starts[:full])[:, None] + np.arange(k)  # (full, k)
+    rows_per_call = max(1, ROW_BUDGET // (min(k, CHUNK_TOKENS) * generator.config.model.vocab_size))
+    nats, ends = np.zeros(len(starts)), [state.copy() for state in states]
+    for first in range(0, full, rows_per_call):
+        part = slice(first, min(first + rows_per_call, full))
+        nats[part], after = _rows_nats(generator, inputs[index[part]], targets[index[part]], [s[part] for s in states])
+        for end, state in zip(ends, after):
+            end[part] = state
+    if full < len(starts):  # the shorter last row
+        last = slice(starts[-1], len(inputs))
+        nats[-1:], after = _rows_nats(generator, inputs[None, last], targets[None, last], [s[-1:] for s in states])
+        for end, state in zip(ends, after):
+            end[-1:] = state
+    return nats, ends
+
+
+def _rows_nats(generator, x: np.ndarray, y: np.ndarray,
+               states: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Rows run from `states` (default: zero) in CHUNK_TOKENS columns, state carried (as
+    evaluate): each row's total nats (rows,) and the end states."""
+    states, total = states or generator.zero_states(len(x)), np.zeros(len(x))
     for start in range(0, x.shape[1], CHUNK_TOKENS):
         nats, states = token_nats(generator, x[:, start : start + CHUNK_TOKENS], y[:, start : start + CHUNK_TOKENS],
                                   states)
-        total += float(nats.sum(axis=1) @ weights)
-    return total
+        total += nats.sum(axis=1)
+    return total, states
 
 
 # ---------------------------------------------------------------------------------------
