@@ -225,7 +225,8 @@ class RunConfig:
     strategy: str = option("default", "tf.distribute strategy; --batch-size is the global batch",
                            group="devices", choices=STRATEGIES)
     mixed_precision: bool = option(False, "compute in float16 on GPUs, bfloat16 elsewhere (on a CPU with AMX or "
-                                          "AVX-512 BF16: an LSTM's products outside its time loops); weights stay float32",
+                                          "AVX-512 BF16: an LSTM's products outside its time loops); weights "
+                                          "stay float32",
                                    group="devices")
     name: str | None = option(None, "run name (default: the corpus file's stem)", group="output", resumable=True)
     overwrite: bool = option(False, "replace an existing run of that name", group="output", resumable=True)

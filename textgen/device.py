@@ -173,10 +173,10 @@ def choose_precision(mixed: bool, device_kind: str, cpu_bf16: str | None, *, res
     """The precision of a run: --mixed-precision (`mixed`) on a device kind ("GPU" or "CPU").
 
     A new run gets what it asks for (requested_precision), with a warning when it is a
-    bfloat16 precision on a CPU without the instructions it needs (FAST_ON: slower than float32). A resumed run
-    continues in the precision its resume state recorded (`saved`; a state saved before it
-    was recorded means what `mixed` gives on this device), except bfloat16 on such a CPU,
-    which continues in float32: the weights are float32 variables either way, so only the
+    bfloat16 precision on a CPU without the instructions it needs (FAST_ON; slower than
+    float32 there). A resumed run continues in the precision its resume state recorded
+    (`saved`; a state saved before it was recorded means what `mixed` gives on this device),
+    except bfloat16 on such a CPU, which continues in float32: the weights are float32 variables either way, so only the
     compute precision changes.
     """
     if saved is not None and saved not in PRECISIONS:

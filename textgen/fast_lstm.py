@@ -20,9 +20,9 @@ gradients one time step at a time. This layer instead
 6. optionally (`matmul_dtype="bfloat16"`) runs the products outside the loops
    (x·W, dx, dW, dU) in bfloat16 through TensorFlow's oneDNN MatMul, which
    uses AMX tiles or AVX-512 BF16 where the CPU has them (2-3.5x float32 on a
-   Xeon with amx_bf16, 2x on an EPYC with avx512_bf16), while the loops, the state and the weights stay
-   float32: XLA's loops run bfloat16 products without the tiles (2.3x slower
-   than float32 on the same Xeon).
+   Xeon with amx_bf16, 2x on an EPYC with avx512_bf16), while the loops, the
+   state and the weights stay float32: XLA's loops run bfloat16 products
+   without the tiles (2.3x slower than float32 on the same Xeon).
 
 Weights are exactly those of `keras.layers.LSTM` (same names, shapes, layout
 and gate order i, f, c, o), so checkpoints are interchangeable.

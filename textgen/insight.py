@@ -128,7 +128,7 @@ def _nats(generator, inputs: np.ndarray, targets: np.ndarray, k: int) -> float:
         groups.append((inputs[full:][None, :], targets[full:][None, :], np.ones(1)))
     total = 0.0
     for x, y, counts in groups:
-        rows_per_call = max(1, ROW_BUDGET // (min(x.shape[1], CHUNK_TOKENS) * generator.config.model.vocab_size))
+        rows_per_call = _rows_per_call(generator, x.shape[1])
         for first in range(0, len(x), rows_per_call):
             part = slice(first, first + rows_per_call)
             total += float(_rows_nats(generator, x[part], y[part])[0] @ counts[part])
@@ -181,7 +181,7 @@ def _run_rows(generator, inputs: np.ndarray, targets: np.ndarray, starts: range,
     row's nats (rows,) and end states."""
     full = sum(1 for start in starts if start + k <= len(inputs))
     index = np.asarray(starts[:full])[:, None] + np.arange(k)  # (full, k)
-    rows_per_call = max(1, ROW_BUDGET // (min(k, CHUNK_TOKENS) * generator.config.model.vocab_size))
+    rows_per_call = _rows_per_call(generator, k)
     nats, ends = np.zeros(len(starts)), [state.copy() for state in states]
     for first in range(0, full, rows_per_call):
         part = slice(first, min(first + rows_per_call, full))
@@ -194,6 +194,11 @@ def _run_rows(generator, inputs: np.ndarray, targets: np.ndarray, starts: range,
         for end, state in zip(ends, after):
             end[-1:] = state
     return nats, ends
+
+
+def _rows_per_call(generator, row_length: int) -> int:
+    """Rows per forward call for rows of `row_length` tokens, within ROW_BUDGET logits."""
+    return max(1, ROW_BUDGET // (min(row_length, CHUNK_TOKENS) * generator.config.model.vocab_size))
 
 
 def _rows_nats(generator, x: np.ndarray, y: np.ndarray,
