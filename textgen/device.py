@@ -176,8 +176,8 @@ def choose_precision(mixed: bool, device_kind: str, cpu_bf16: str | None, *, res
     bfloat16 precision on a CPU without the instructions it needs (FAST_ON; slower than
     float32 there). A resumed run continues in the precision its resume state recorded
     (`saved`; a state saved before it was recorded means what `mixed` gives on this device),
-    except bfloat16 on such a CPU, which continues in float32: the weights are float32 variables either way, so only the
-    compute precision changes.
+    except bfloat16 on such a CPU, which continues in float32: the weights are float32
+    variables either way, so only the compute precision changes.
     """
     if saved is not None and saved not in PRECISIONS:
         raise TextgenError(f"the resume state's precision is {saved!r}, not one of {', '.join(PRECISIONS)}")

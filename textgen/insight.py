@@ -128,10 +128,7 @@ def _nats(generator, inputs: np.ndarray, targets: np.ndarray, k: int) -> float:
         groups.append((inputs[full:][None, :], targets[full:][None, :], np.ones(1)))
     total = 0.0
     for x, y, counts in groups:
-        rows_per_call = _rows_per_call(generator, x.shape[1])
-        for first in range(0, len(x), rows_per_call):
-            part = slice(first, first + rows_per_call)
-            total += float(_rows_nats(generator, x[part], y[part])[0] @ counts[part])
+        total += sum(float(nats @ counts[part]) for part, nats, _ in _calls(generator, x, y))
     return total
 
 
@@ -181,31 +178,33 @@ def _run_rows(generator, inputs: np.ndarray, targets: np.ndarray, starts: range,
     row's nats (rows,) and end states."""
     full = sum(1 for start in starts if start + k <= len(inputs))
     index = np.asarray(starts[:full])[:, None] + np.arange(k)  # (full, k)
-    rows_per_call = _rows_per_call(generator, k)
-    nats, ends = np.zeros(len(starts)), [state.copy() for state in states]
-    for first in range(0, full, rows_per_call):
-        part = slice(first, min(first + rows_per_call, full))
-        nats[part], after = _rows_nats(generator, inputs[index[part]], targets[index[part]], [s[part] for s in states])
-        for end, state in zip(ends, after):
-            end[part] = state
+    groups = [(inputs[index], targets[index], slice(0, full))]
     if full < len(starts):  # the shorter last row
-        last = slice(starts[-1], len(inputs))
-        nats[-1:], after = _rows_nats(generator, inputs[None, last], targets[None, last], [s[-1:] for s in states])
-        for end, state in zip(ends, after):
-            end[-1:] = state
+        groups.append((inputs[None, starts[-1] :], targets[None, starts[-1] :], slice(full, None)))
+    nats, ends = np.zeros(len(starts)), [state.copy() for state in states]
+    for x, y, rows in groups:
+        for part, part_nats, after in _calls(generator, x, y, [state[rows] for state in states]):
+            nats[rows][part] = part_nats
+            for end, state in zip(ends, after):
+                end[rows][part] = state
     return nats, ends
 
 
-def _rows_per_call(generator, row_length: int) -> int:
-    """Rows per forward call for rows of `row_length` tokens, within ROW_BUDGET logits."""
-    return max(1, ROW_BUDGET // (min(row_length, CHUNK_TOKENS) * generator.config.model.vocab_size))
+def _calls(generator, x: np.ndarray, y: np.ndarray, states: list[np.ndarray] | None = None):
+    """Rows x, y (rows, time) in forward calls of at most ROW_BUDGET logits, each row from its
+    row of `states` (default: zero): yields each call's rows (a slice), nats (rows,) and end states."""
+    per_call = max(1, ROW_BUDGET // (min(x.shape[1], CHUNK_TOKENS) * generator.config.model.vocab_size))
+    for first in range(0, len(x), per_call):
+        part = slice(first, first + per_call)
+        start = generator.zero_states(len(x[part])) if states is None else [state[part] for state in states]
+        yield (part, *_rows_nats(generator, x[part], y[part], start))
 
 
 def _rows_nats(generator, x: np.ndarray, y: np.ndarray,
-               states: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Rows run from `states` (default: zero) in CHUNK_TOKENS columns, state carried (as
-    evaluate): each row's total nats (rows,) and the end states."""
-    states, total = states or generator.zero_states(len(x)), np.zeros(len(x))
+               states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Rows run from `states` in CHUNK_TOKENS columns, state carried (as evaluate): each row's
+    total nats (rows,) and the end states."""
+    total = np.zeros(len(x))
     for start in range(0, x.shape[1], CHUNK_TOKENS):
         nats, states = token_nats(generator, x[:, start : start + CHUNK_TOKENS], y[:, start : start + CHUNK_TOKENS],
                                   states)
