@@ -108,7 +108,8 @@ class ModelConfig:
     embedding_dim: int = option(64, "token embedding width")  # small: ~65 chars, the recurrent layers do the work
     layers: int = option(2, "recurrent layers")  # two layers learn better text than one at the same CPU budget
     units: int = option(256, "units per recurrent layer")  # 2x256 LSTM trains ~6,000 tokens/s on a busy 2-core CPU
-    dropout: float = option(0.25, "dropout between layers")  # 1 MB overfits in 10 CPU-minutes at 0.1 (bench/quality.py)
+    # 1 MB overfits in 10 CPU-minutes at 0.1; a run of under ~5 epochs does better at 0 (bench/quality.py)
+    dropout: float = option(0.25, "dropout between layers (0 learns faster in a run of under ~5 epochs)")
     # textgen.cells defines each; bundles from before the choice have no key and are lstm
     cell: str = option("lstm", "recurrent cell", choices=CELL_NAMES)
 
