@@ -293,3 +293,46 @@ def test_resume_checkpoint_by_time_and_never_after_a_non_finite_loss():
     take_step(writer, model, clock, 100.0, loss=float("nan"))  # due, but the state is broken
     writer.on_train_end()
     assert saves == [3, 6]
+
+
+def dropout_levels(layers) -> list[float]:
+    return [float(layer.level.numpy()) for layer in layers]
+
+
+@pytest.mark.parametrize("steps_per_epoch, min_epochs, level", [(30, 5, 0.0), (10, 5, 1.0), (30, 0, 1.0)])
+def test_short_run_dropout_turns_dropout_off_in_a_step_budget_of_fewer_epochs(steps_per_epoch, min_epochs, level):
+    from textgen.callbacks import Budget, ShortRunDropout
+    from textgen.model import LeveledDropout
+
+    model, layers, said = tiny_model(), [LeveledDropout(0.25), LeveledDropout(0.25)], []
+    budget = Budget(max_steps=100, max_minutes=None, planned_steps=1000, val_batches=1)
+    dropout = ShortRunDropout(budget, layers, steps_per_epoch, min_epochs, report=said.append)
+    for callback in (budget, dropout):
+        callback.set_model(model)
+    dropout.on_train_begin()
+    dropout.on_train_batch_begin(0)  # 100 steps are 3.3 or 10 epochs: known before the first step
+    assert dropout.level == level and dropout_levels(layers) == [level] * 2
+    assert len(said) == (level == 0)
+
+
+def test_short_run_dropout_decides_a_time_budget_once_its_pace_is_measured():
+    from textgen.callbacks import Budget, ShortRunDropout
+    from textgen.model import LeveledDropout
+
+    model, clock, layers, said = tiny_model(), FakeClock(), [LeveledDropout(0.25)], []
+    budget = Budget(max_steps=None, max_minutes=1, planned_steps=10**6, val_batches=1, clock=clock)
+    dropout = ShortRunDropout(budget, layers, steps_per_epoch=100, min_epochs=5, report=said.append)
+    for callback in (budget, dropout):
+        callback.set_model(model)
+    dropout.on_train_begin()
+    for _ in range(ShortRunDropout.DECIDE_AFTER + 1):  # timed steps come after the first; 0.1 s each: ~6 epochs
+        dropout.on_train_batch_begin(0)
+        assert dropout.level is None and dropout_levels(layers) == [0.0]  # off until decided
+        take_step(budget, model, clock, 0.1)
+    dropout.on_train_batch_begin(0)
+    assert dropout.level == 1.0 and dropout_levels(layers) == [1.0] and not said
+    resumed = ShortRunDropout(budget, layers, steps_per_epoch=100, min_epochs=5, decided=0.0)
+    resumed.set_model(model)
+    resumed.on_train_begin()
+    resumed.on_train_batch_begin(0)
+    assert resumed.level == 0.0 and dropout_levels(layers) == [0.0]  # a resumed run keeps its choice

@@ -32,6 +32,15 @@ def test_wrong_types_and_ranges_are_refused():
         Config.from_dict(data)
 
 
+def test_a_config_from_before_short_run_dropout_keeps_dropout_in_every_run():
+    data = Config().to_dict()
+    assert data["train"]["dropout_min_epochs"] == 6.0  # today's default
+    del data["train"]["dropout_min_epochs"]
+    assert Config.from_dict(data).train.dropout_min_epochs == 0.0
+    with pytest.raises(ConfigError, match="dropout_min_epochs"):
+        config_from_options(dropout_min_epochs=-1.0)
+
+
 def test_unknown_option_is_a_user_error():
     with pytest.raises(TextgenError, match="unknown option 'colour'"):
         config_from_options(colour="red")

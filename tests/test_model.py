@@ -35,3 +35,30 @@ def test_stateful_view_equals_training_model_and_carries_state():
 ])
 def test_config_parameter_count_equals_what_keras_builds(cfg):
     assert cfg.parameter_count() == build_model(cfg).count_params()
+
+
+def test_leveled_dropout_scales_its_rate_by_the_level_and_is_the_identity_at_level_zero():
+    from textgen.model import LeveledDropout
+
+    layer = LeveledDropout(0.5)
+    x = np.ones((400, 100), np.float32)
+    dropped = lambda: float(np.mean(np.asarray(layer(x, training=True)) == 0))
+    assert dropped() == pytest.approx(0.5, abs=0.02)
+    assert np.asarray(layer(x, training=True)).mean() == pytest.approx(1.0, abs=0.03)  # kept values scaled up
+    layer.set_level(0.5)
+    assert dropped() == pytest.approx(0.25, abs=0.02)
+    layer.set_level(0.0)
+    np.testing.assert_array_equal(np.asarray(layer(x, training=True)), x)
+    layer.set_level(1.0)
+    np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
+
+
+def test_the_dropout_level_is_not_a_weight_so_bundles_and_resume_states_keep_their_layout():
+    from textgen.model import LeveledDropout
+
+    training = build_stateful_model(CFG, dropout=True)
+    assert sum(isinstance(layer, LeveledDropout) for layer in training.layers) == 2  # between layers, before logits
+    plain = build_stateful_model(CFG, dropout=False)
+    seeds = lambda model: sum("seed" in v.name for v in model.variables)
+    # what keras.layers.Dropout adds: one seed state per layer, and no level
+    assert len(training.variables) - len(plain.variables) == seeds(training) - seeds(plain) == 2

@@ -102,7 +102,9 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path):
 
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(300), encoding="utf-8")
-    options = {**TINY, "dropout": 0.1, "max_steps": 24, "checkpoint_dir": tmp_path / "ck", "log_dir": tmp_path / "runs"}
+    # dropout_min_epochs 0: dropout on, though 24 steps are half an epoch
+    options = {**TINY, "dropout": 0.1, "dropout_min_epochs": 0.0, "max_steps": 24, "checkpoint_dir": tmp_path / "ck",
+               "log_dir": tmp_path / "runs"}
     textgen.train(str(corpus), name="whole", **options)
     textgen.train(str(corpus), name="split", callbacks=[StopAt(11)], **options)
     assert load_resume_state(tmp_path / "ck" / "split").progress["step"] == 11
@@ -114,6 +116,21 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path):
         np.testing.assert_allclose(split.arrays[key], whole.arrays[key], rtol=1e-5, atol=1e-6, err_msg=key)
     steps = [s for s, _ in read_scalars(tmp_path / "runs" / "split" / "train")["loss"]]
     assert steps == sorted(set(steps)) == [10, 20]  # the curve continues, no restart, no duplicates
+
+
+def test_a_run_too_short_to_overfit_trains_without_dropout_and_its_resumption_too(tmp_path, capsys):
+    from textgen.resume import load_resume_state
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(300), encoding="utf-8")  # ~48 steps an epoch
+    options = {**TINY, "dropout": 0.1, "checkpoint_dir": tmp_path / "ck", "log_dir": tmp_path / "runs"}
+    textgen.train(str(corpus), name="short", max_steps=8, **options)
+    assert "Dropout off: this run is expected to end after 0.2 epochs" in capsys.readouterr().out
+    assert load_resume_state(tmp_path / "ck" / "short").progress["dropout_level"] == 0.0
+    textgen.train(str(corpus), name="short", max_steps=300, resume=True, callbacks=[StopAt(10)], **options)
+    assert load_resume_state(tmp_path / "ck" / "short").progress["dropout_level"] == 0.0  # 6 epochs now: kept off
+    textgen.train(str(corpus), name="long", max_steps=300, callbacks=[StopAt(2)], **options)
+    assert load_resume_state(tmp_path / "ck" / "long").progress["dropout_level"] == 1.0
 
 
 def test_resume_refuses_a_different_corpus_or_settings(tiny_bundle):

@@ -108,8 +108,7 @@ class ModelConfig:
     embedding_dim: int = option(64, "token embedding width")  # small: ~65 chars, the recurrent layers do the work
     layers: int = option(2, "recurrent layers")  # two layers learn better text than one at the same CPU budget
     units: int = option(256, "units per recurrent layer")  # 2x256 LSTM trains ~6,000 tokens/s on a busy 2-core CPU
-    # 1 MB overfits in 10 CPU-minutes at 0.1; a run of under ~5 epochs does better at 0 (bench/quality.py)
-    dropout: float = option(0.25, "dropout between layers (0 learns faster in a run of under ~5 epochs)")
+    dropout: float = option(0.25, "dropout between layers")  # 1 MB overfits in 10 CPU-minutes at 0.1 (bench/quality.py)
     # textgen.cells defines each; bundles from before the choice have no key and are lstm
     cell: str = option("lstm", "recurrent cell", choices=CELL_NAMES)
 
@@ -142,6 +141,10 @@ class TrainConfig:
     batch_size: int = option(32, "sequences (contiguous streams) per step")
     learning_rate: float = option(4e-3, "Adam's peak rate; cosine decay to 0.1x over the budget")
     clip_norm: float = option(1.0, "global gradient-norm cap")  # keeps LSTM updates stable
+    # Dropout fights overfitting, which takes repeated passes; in fewer it only slows learning
+    # (callbacks.ShortRunDropout has the measurements).
+    dropout_min_epochs: float = option(6.0, "a run expected to end before this many epochs trains without dropout "
+                                            "(0: always with --dropout)", metavar="EPOCHS")
     # The budget: a resumed run may change it. Early stopping or --max-minutes usually ends before --epochs.
     epochs: int = option(50, "at most this many passes", resumable=True)
     max_steps: int | None = option(None, "stop after this many optimizer steps", resumable=True)
@@ -157,6 +160,7 @@ class TrainConfig:
         require(1 <= self.batch_size <= 1 << 20, "batch_size must be in 1..1048576")
         require(0 < self.learning_rate < math.inf, "learning_rate must be positive and finite")
         require(0 < self.clip_norm < math.inf, "clip_norm must be positive and finite")
+        require(0 <= self.dropout_min_epochs <= MAX_COUNT, f"dropout_min_epochs must be in 0..{MAX_COUNT}")
         require(1 <= self.epochs <= MAX_COUNT, f"epochs must be in 1..{MAX_COUNT}")
         require(self.max_steps is None or 1 <= self.max_steps <= MAX_COUNT,
                 f"max_steps must be in 1..{MAX_COUNT}")
@@ -199,7 +203,8 @@ class Config:
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key in SECTIONS:
-                kwargs[key] = _build(SECTIONS[key], value, key)
+                absent = _BEFORE_FIELD.get(key, {}) if isinstance(value, dict) else {}
+                kwargs[key] = _build(SECTIONS[key], {**absent, **value} if absent else value, key)
             elif key == "name":
                 require(isinstance(value, str), "name must be a string")
                 kwargs[key] = value
@@ -212,6 +217,9 @@ class Config:
 
 
 SECTIONS = {"tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainConfig}  # config.json's sections
+# What a config.json written before a field existed meant by leaving it out, where that is not
+# today's default: dropout ran in every run, so a resumed older run keeps it.
+_BEFORE_FIELD = {"train": {"dropout_min_epochs": 0.0}}
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ def build_stateful_model(cfg: ModelConfig, *, dropout: bool = False, dtype=None,
     x = keras.layers.Embedding(cfg.vocab_size, cfg.embedding_dim, name="embedding", dtype=dtype)(tokens)
     for i in range(cfg.layers):
         if i > 0 and rate > 0:
-            x = keras.layers.Dropout(rate, name=f"dropout_{i}", dtype=dtype)(x)
+            x = LeveledDropout(rate, name=f"dropout_{i}", dtype=dtype)(x)
         layer_in = [keras.Input(shape=(cfg.units,), name=f"{state}_{i}") for state in cell.states]  # (batch, units)
         layer = _recurrent(cfg.cell, cfg.units, cell.layer_name(i), return_state=True, dtype=dtype,
                            matmul_dtype=matmul_dtype)
@@ -86,9 +86,33 @@ def build_stateful_model(cfg: ModelConfig, *, dropout: bool = False, dtype=None,
         states_in += layer_in
         states_out += layer_out
     if rate > 0:
-        x = keras.layers.Dropout(rate, name="dropout_out", dtype=dtype)(x)
+        x = LeveledDropout(rate, name="dropout_out", dtype=dtype)(x)
     logits = keras.layers.Dense(cfg.vocab_size, name="logits", dtype="float32")(x)  # (batch, time, vocab) float32
     return keras.Model([tokens, *states_in], [logits, *states_out], name="textgen_lstm_stateful")
+
+
+class LeveledDropout(keras.layers.Dropout):
+    """Dropout at `rate` times a level in [0, 1], which can change between steps without retracing.
+
+    textgen.callbacks.ShortRunDropout sets the level (0: a short run trains without dropout).
+    The level is a plain tf.Variable, which Keras does not count among the layer's weights, so
+    bundles and resume states hold what they hold for keras.layers.Dropout (its seed state).
+    """
+
+    def __init__(self, rate: float, **kwargs):
+        super().__init__(rate, **kwargs)
+        self.level = tf.Variable(1.0, trainable=False, dtype=tf.float32, name=f"{self.name}_level")
+
+    def set_level(self, level: float) -> None:
+        self.level.assign(level)
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0:
+            return inputs
+        rate = self.level * self.rate  # a tensor, read at every step
+        noise = keras.random.uniform(tf.shape(inputs), seed=self.seed_generator)  # float32, also under bfloat16
+        kept = inputs * tf.cast(1 / (1 - rate), inputs.dtype)
+        return tf.where(noise >= rate, kept, tf.zeros_like(inputs))  # at level 0: the inputs unchanged
 
 
 class ReplicaRows:

@@ -17,13 +17,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from textgen.callbacks import BestBundle
+from textgen.callbacks import BestBundle, ShortRunDropout
 from textgen.bundle import save_bundle
 from textgen.card import Clock, write_card
 from textgen.config import Config, TextgenError
 from textgen.data import StreamLayout, make_stream_dataset
 from textgen.device import Precision, choose_precision, cpu_bfloat16
-from textgen.model import CarriedStateModel, build_model, build_stateful_model, copy_weights
+from textgen.model import CarriedStateModel, LeveledDropout, build_model, build_stateful_model, copy_weights
 from textgen.resume import restore_variables, save_resume_state
 
 
@@ -69,6 +69,11 @@ class Session:
         best = self.resumed.get("best_val_loss")
         return math.inf if best is None else float(best)
 
+    @property
+    def dropout_layers(self) -> list[LeveledDropout]:
+        """The trainer's dropout layers (callbacks.ShortRunDropout sets their level)."""
+        return [layer for layer in self.trainer.net.layers if isinstance(layer, LeveledDropout)]
+
     def current_model(self) -> keras.Model:
         """The export model holding the trainer's weights as they are now."""
         copy_weights(self.trainer.net, self.export)
@@ -81,10 +86,10 @@ class Session:
         write_card(path, self.trained_by, self.clock())
         return path
 
-    def save_resume(self, best: BestBundle, run_settings: dict) -> Path:
-        """Write the resume state with the counters `best` keeps and the run settings a resumed
-        run keeps (config.kept_settings); ResumeCheckpoint calls it."""
-        progress = {**best.progress(), "replicas": self.replicas, "run": run_settings,
+    def save_resume(self, best: BestBundle, run_settings: dict, dropout: ShortRunDropout) -> Path:
+        """Write the resume state with the counters `best` keeps, the run settings a resumed run
+        keeps (config.kept_settings) and the dropout choice; ResumeCheckpoint calls it."""
+        progress = {**best.progress(), "replicas": self.replicas, "run": run_settings, "dropout_level": dropout.level,
                     "precision": self.precision.policy,  # a resumed run continues in it (device.choose_precision)
                     "trained_by": self.trained_by, "train_seconds": self.clock()}
         return save_resume_state(self.bundle_dir, self.trainer, self.prepared.tokenizer, self.prepared.config,

@@ -230,9 +230,11 @@ def build_callbacks(session: Session, run_dir: Path, run: RunConfig, strategy,
     stop = cb.StopOnSignal(bar.write)
     best = cb.BestBundle(session.save_bundle, t.patience, session.best_val_loss, session.resumed.get("wait", 0),
                          session.resumed.get("epoch", 0))
-    control = [stop, budget, cb.CosineSchedule(budget, t.learning_rate), keras.callbacks.TerminateOnNaN(), best,
-               cb.ResumeCheckpoint(partial(session.save_resume, best, kept_settings(run)),
-                                   t.checkpoint_every, report=bar.write)]
+    dropout = cb.ShortRunDropout(budget, session.dropout_layers, session.layout.steps, t.dropout_min_epochs,
+                                 decided=session.resumed.get("dropout_level"), report=bar.write)
+    control = [stop, budget, cb.CosineSchedule(budget, t.learning_rate), dropout, keras.callbacks.TerminateOnNaN(),
+               best, cb.ResumeCheckpoint(partial(session.save_resume, best, kept_settings(run), dropout),
+                                         t.checkpoint_every, report=bar.write)]
     sampler = monitor.LiveSampler(session.current_model, p.tokenizer, p.config)
     tensorboard = monitor.tensorboard_callbacks(
         run_dir, sampler, p.config, monitor.sample_prime(p.tokenizer, p.train_ids), tokens_per_step=tokens_per_step,
