@@ -172,11 +172,11 @@ class ShortRunDropout(keras.callbacks.Callback):
     """Train without dropout when the run is expected to end before `min_epochs` epochs.
 
     Why: dropout fights overfitting, which takes repeated passes over the corpus; before them
-    it only slows learning. With bench/quality.py on tiny-shakespeare (2 x 256, two-core AVX2
-    CPUs), 5-minute runs of ~5 epochs ended 0.019 and 0.042 nats/char lower without dropout
-    than with 0.25, and a run of 11 epochs (a 500 KB corpus) 0.025 higher; on that smaller
-    corpus the two cross at about 5 epochs (later on more text, so the default is 6). Dropout
-    switched on mid-run did worse than either, so the choice is made
+    it only slows learning. With bench/quality.py on tiny-shakespeare (2 x 256, a two-core AVX2
+    CPU), 5-minute runs of ~5.3 epochs ended 0.015 nats/char lower without dropout than with
+    0.25 (mean of 3 seeds, paired), and a run of 11 epochs (a 500 KB corpus) 0.025 higher; on
+    that smaller corpus the two cross at about 5 epochs (later on more text, so the default is
+    6). Dropout switched on mid-run did worse than either, so the choice is made
     once, from the budget's expected end: at the start for step and epoch budgets, after
     DECIDE_AFTER timed steps for --max-minutes (without dropout until then). A resumed run
     keeps its choice (`decided`).
