@@ -62,3 +62,38 @@ def test_the_dropout_level_is_not_a_weight_so_bundles_and_resume_states_keep_the
     seeds = lambda model: sum("seed" in v.name for v in model.variables)
     # what keras.layers.Dropout adds: one seed state per layer, and no level
     assert len(training.variables) - len(plain.variables) == seeds(training) - seeds(plain) == 2
+
+
+def test_a_compiled_training_step_follows_the_level_set_after_tracing():
+    """Level 0 trains exactly as a model without dropout layers; level 1 then differs."""
+    import keras
+    import tensorflow as tf
+
+    from textgen.model import LeveledDropout
+
+    def trainer(rate: float):
+        net = build_stateful_model(ModelConfig(vocab_size=11, embedding_dim=4, layers=2, units=8, dropout=rate),
+                                   dropout=True)
+        optimizer = keras.optimizers.SGD(0.5)
+
+        @tf.function
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                logits = net([x, *[tf.zeros((4, 8))] * 4], training=True)[0]  # (batch, time, vocab)
+                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+            optimizer.apply_gradients(zip(tape.gradient(loss, net.trainable_variables), net.trainable_variables))
+            return loss
+
+        return net, step
+
+    (dropping, step_a), (plain, step_b) = trainer(0.5), trainer(0.0)
+    copy_weights(dropping, plain)
+    levels = [layer for layer in dropping.layers if isinstance(layer, LeveledDropout)]
+    batches = np.random.default_rng(0).integers(0, 11, size=(4, 2, 4, 6)).astype(np.int32)  # (step, x|y, batch, time)
+    for layer in levels:
+        layer.set_level(0.0)
+    for x, y in batches[:2]:
+        assert float(step_a(x, y)) == float(step_b(x, y))
+    for layer in levels:
+        layer.set_level(1.0)
+    assert [float(step_a(x, y)) for x, y in batches[2:]] != [float(step_b(x, y)) for x, y in batches[2:]]
