@@ -166,8 +166,8 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 TRAIN_FLAGS = ["--level", "--vocab-size", "--encoding", "--layers", "--units", "--embedding-dim",
-               "--dropout", "--dropout-min-epochs", "--seq-len", "--batch-size", "--learning-rate", "--clip-norm", "--epochs",
-               "--max-steps", "--max-minutes", "--val-fraction", "--patience", "--seed", "--name"]
+               "--dropout", "--dropout-min-epochs", "--seq-len", "--batch-size", "--learning-rate", "--clip-norm",
+               "--epochs", "--max-steps", "--max-minutes", "--val-fraction", "--patience", "--seed", "--name"]
 VALUES = st.one_of(st.text(max_size=12), st.integers(-2**70, 2**70).map(str),
                    st.sampled_from(["nan", "inf", "-inf", "1e309", "0", "-0", "1e-320", "0x10", "1_0"]))
 

@@ -203,8 +203,7 @@ class Config:
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key in SECTIONS:
-                absent = _BEFORE_FIELD.get(key, {}) if isinstance(value, dict) else {}
-                kwargs[key] = _build(SECTIONS[key], {**absent, **value} if absent else value, key)
+                kwargs[key] = _build(SECTIONS[key], value, key)
             elif key == "name":
                 require(isinstance(value, str), "name must be a string")
                 kwargs[key] = value
@@ -414,6 +413,7 @@ def _kind(annotation: str) -> type:
 def _build(section: type, data: Any, where: str) -> Any:
     """Build one section dataclass from a dict, checking keys and types."""
     require(isinstance(data, dict), f"{where} must be an object")
+    data = {**_BEFORE_FIELD.get(where, {}), **data}  # a field an older config.json leaves out
     fields = {f.name: f for f in dataclasses.fields(section)}
     for key, value in data.items():
         require(key in fields, f"unknown config key {where}.{key}")
