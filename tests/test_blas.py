@@ -61,3 +61,27 @@ def test_decode_threads_start_single_and_give_back_the_old_limit(monkeypatch):
             threads.pace(PARALLEL_MIN_BATCH)
             assert blas_threads() == threads.threads <= blas.usable_cores()
         assert blas_threads() == 3
+
+
+@pytest.mark.parametrize("age,want", [
+    (None, blas.FIRST_LOOK_SECONDS),  # no look yet: measure from the loop's start
+    (0.0, blas.FIRST_LOOK_SECONDS),  # a look just now: wait for a measurable interval
+    (blas.FIRST_LOOK_SECONDS / 2, blas.FIRST_LOOK_SECONDS / 2),
+    (1.0, 0.0),  # a recent look: look at once, over the time since it
+    (blas.STALE_SECONDS + 0.1, blas.FIRST_LOOK_SECONDS),  # too old to say anything about now
+])
+def test_first_look_waits_only_for_a_measurable_recent_interval(age, want):
+    assert blas.first_look_delay(age) == pytest.approx(want)
+
+
+@pytest.mark.skipif(blas.usable_cores() < 2 or not sys.platform.startswith("linux"),
+                    reason="looks need two cores and /proc/stat")
+def test_a_loop_soon_after_another_looks_at_its_first_step():
+    with DecodeThreads() as first:
+        time.sleep(blas.FIRST_LOOK_SECONDS * 1.5)
+        first.pace(PARALLEL_MIN_BATCH)
+        assert first.looks == 1
+    time.sleep(blas.FIRST_LOOK_SECONDS * 1.5)
+    with DecodeThreads() as second:
+        second.pace(PARALLEL_MIN_BATCH)  # no wait: the last look is old enough to measure from
+        assert second.looks == 1

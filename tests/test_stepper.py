@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -90,3 +92,13 @@ def test_the_few_rows_probe_answers_once():
     from textgen.stepper import _rows_one_by_one
 
     assert _rows_one_by_one() in (True, False) and _rows_one_by_one.cache_info().currsize == 1
+
+
+def test_gate_sigmoids_saturate_without_overflow_warnings():
+    # pre-scaled pre-activations: sigmoid(-z) of every entry, in place
+    z = np.array([[-1000.0, -20.0, 0.0, 20.0, 1000.0]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = LSTMStepper._sigmoids(z.copy())
+    np.testing.assert_allclose(out, 0.5 * (1.0 - np.tanh(z.astype(np.float64) / 2)), rtol=1e-6, atol=1e-30)
+    assert out[0, 0] == 1.0 and out[0, -1] == 0.0

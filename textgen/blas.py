@@ -4,15 +4,18 @@ A decode step is a few small matrix products (batch x units by units x 4*units).
 a 2-core EPYC (OpenBLAS, units 256), a second BLAS thread made a batch-32 product 1.7x
 faster on an idle machine, made batches of 16 and less 2-6x slower, and made any batch
 10-30x slower when another process kept a core busy (OpenBLAS's workers spin while they
-wait for a core). So a decode loop starts single-threaded and, after `FIRST_LOOK_SECONDS`
-and then every `RECHECK_SECONDS`, looks at how much CPU *other* processes used since the
-last look (the machine's busy time from /proc/stat minus this process's own): a batch of at
-least `PARALLEL_MIN_BATCH` gets the cores nobody else is using. Where /proc/stat is missing
+wait for a core). So a decode loop starts single-threaded and, every `RECHECK_SECONDS`, looks
+at how much CPU *other* processes used since the last look (the machine's busy time from
+/proc/stat minus this process's own): a batch of at least `PARALLEL_MIN_BATCH` gets the cores
+nobody else is using. Looks are process-wide, so a loop that starts soon after another (a
+server's requests, `sample` called in a loop) looks at its first step, over the time since the
+last look; otherwise its first look comes `FIRST_LOOK_SECONDS` in. Where /proc/stat is missing
 (not Linux), decoding stays single-threaded, as it always was.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -23,6 +26,10 @@ RECHECK_SECONDS = 0.5  # how often a decode loop looks at the machine's load
 # The first look comes sooner: 32 samples of 200 characters take ~0.25 s in all. 50 ms is
 # five of /proc/stat's 10 ms ticks per core, enough to tell an idle core from a busy one.
 FIRST_LOOK_SECONDS = 0.05
+# A look older than this says little about now, so a loop starting later measures afresh. Before
+# looks were shared, each 32-sample call of ~85 ms ran its first 50 ms on one thread: 36,000
+# against 44,000 tok/s with two threads from the first step (2x256, AVX-512 EPYC, 2026-12-08).
+STALE_SECONDS = 2.0
 _THREADPOOLS = ThreadpoolController()
 
 
@@ -49,6 +56,13 @@ def choose_threads(batch: int, others_busy: float | None, cores: int) -> int:
     return max(1, min(cores, int(cores - others_busy + 0.5)))
 
 
+def first_look_delay(age: float | None) -> float:
+    """Seconds from a loop's start to its first look, given the age of the last look (None: none yet)."""
+    if age is None or age > STALE_SECONDS:
+        return FIRST_LOOK_SECONDS  # measure afresh from the loop's start
+    return max(0.0, FIRST_LOOK_SECONDS - age)
+
+
 def machine_busy_seconds(stat_text: str, ticks_per_second: float) -> float:
     """CPU-seconds every core spent busy since boot, from /proc/stat's text (its `cpu` line)."""
     fields = [int(v) for v in stat_text.split("\n", 1)[0].split()[1:]]
@@ -73,6 +87,14 @@ class OthersLoad:
         own = os.times()
         return time.monotonic(), machine, own.user + own.system
 
+    def age(self) -> float | None:
+        """Seconds since the last reading; None if there is none (no /proc/stat)."""
+        return None if self._last is None else time.monotonic() - self._last[0]
+
+    def restart(self) -> None:
+        """Start a new interval now."""
+        self._last = self._read()
+
     def since_last(self) -> float | None:
         """Others' CPU use (in cores) since the last call or construction; None if unknown."""
         now = self._read()
@@ -85,19 +107,25 @@ class OthersLoad:
 class DecodeThreads:
     """Context manager around a decode loop: BLAS single-threaded, widened by `pace` when it pays.
 
-    Call `pace(batch)` before each step; it looks at the machine FIRST_LOOK_SECONDS after
-    entry, then at most every RECHECK_SECONDS. On exit, BLAS gets back the thread count it
+    Call `pace(batch)` before each step; it looks at the machine when `first_look_delay`
+    says, then at most every RECHECK_SECONDS. On exit, BLAS gets back the thread count it
     had before.
     """
 
     def __init__(self):
         self.threads = 1
+        self.looks = 0
         self._cores = usable_cores()
 
     def __enter__(self) -> "DecodeThreads":
         self._limiter = _THREADPOOLS.limit(limits=1, user_api="blas")
-        self._load = OthersLoad() if self._cores > 1 else None
-        self._next_look = time.monotonic() + FIRST_LOOK_SECONDS
+        self._load, age = None, None
+        if self._cores > 1:
+            self._load = _shared_load()
+            age = self._load.age()
+            if age is None or age > STALE_SECONDS:
+                self._load.restart()
+        self._next_look = time.monotonic() + first_look_delay(age)
         return self
 
     def pace(self, batch: int) -> None:
@@ -105,6 +133,7 @@ class DecodeThreads:
         if self._load is None or time.monotonic() < self._next_look:
             return
         self._next_look = time.monotonic() + RECHECK_SECONDS
+        self.looks += 1
         wanted = choose_threads(batch, self._load.since_last(), self._cores)
         if wanted != self.threads:
             _THREADPOOLS.limit(limits=wanted, user_api="blas")  # undone by __exit__
@@ -112,3 +141,9 @@ class DecodeThreads:
 
     def __exit__(self, *exc) -> None:
         self._limiter.restore_original_limits()
+
+
+@functools.cache
+def _shared_load() -> OthersLoad:
+    """The process's one OthersLoad: every decode loop's looks continue the same intervals."""
+    return OthersLoad()

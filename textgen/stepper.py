@@ -230,8 +230,10 @@ class LSTMStepper(Stepper):
     @staticmethod
     def _sigmoids(z: np.ndarray) -> np.ndarray:
         """1 / (1 + exp(z)) in place on pre-scaled pre-activations: every gate's sigmoid."""
-        np.minimum(z, 80.0, out=z)  # exp(80) is finite in float32: no overflow warnings
-        np.exp(z, out=z)
+        # exp overflows to inf for z > 88, and 1 / (1 + inf) = 0 is the right limit, so the
+        # warning is silenced rather than z capped (a capping pass cost 8 us of ~35 at batch 32).
+        with np.errstate(over="ignore"):
+            np.exp(z, out=z)
         z += 1.0
         np.reciprocal(z, out=z)  # the g block holds sigmoid(2g)
         return z
