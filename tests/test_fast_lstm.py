@@ -48,19 +48,30 @@ def outputs_and_grads(layer, x, state, compile_mode):
     return run(tf.constant(x), *(tf.constant(s) for s in state))
 
 
-def test_weight_gradient_is_timed_once_per_shape_and_both_forms_agree(monkeypatch):
-    a, dz = random(96, 8), random(96, 12, seed=1)
-    want = a.T @ dz  # (8, 12)
-    monkeypatch.setattr(fast_lstm, "_TRANSPOSED_FORM", {})
-    np.testing.assert_allclose(fast_lstm._weight_grad(tf.constant(a), tf.constant(dz)), want, rtol=1e-5, atol=1e-5)
-    assert fast_lstm._TRANSPOSED_FORM == {}  # too small to be worth timing: the plain form
+@pytest.mark.parametrize("name,a,b,want", [
+    ("_weight_grad", random(96, 8), random(96, 12, seed=1), lambda a, b: a.T @ b),  # (8, 12)
+    ("_input_grad", random(96, 12), random(8, 12, seed=1), lambda a, b: a @ b.T),  # (96, 8)
+])
+def test_products_are_timed_once_per_shape_and_every_form_agrees(monkeypatch, name, a, b, want):
+    product = getattr(fast_lstm, name)
+    monkeypatch.setattr(product, "chosen", {})
+    np.testing.assert_allclose(product(tf.constant(a), tf.constant(b)), want(a, b), rtol=1e-5, atol=1e-5)
+    assert product.chosen == {}  # too small to be worth timing: the first form
     monkeypatch.setattr(fast_lstm, "_TIMED_FLOPS", 0)
-    fast_lstm._weight_grad(tf.constant(a), tf.constant(dz))
-    assert list(fast_lstm._TRANSPOSED_FORM) == [(96, 8, 12, "float32")]
-    for transposed in (False, True):
-        fast_lstm._TRANSPOSED_FORM[(96, 8, 12, "float32")] = transposed
-        got = fast_lstm._weight_grad(tf.constant(a), tf.constant(dz))
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    product(tf.constant(a), tf.constant(b))
+    assert list(product.chosen) == [(a.shape, b.shape, "float32")]
+    assert len(product.forms) == 2
+    for form in range(len(product.forms)):
+        product.chosen[(a.shape, b.shape, "float32")] = form
+        np.testing.assert_allclose(product(tf.constant(a), tf.constant(b)), want(a, b), rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_products_are_never_timed_under_xla(monkeypatch):
+    monkeypatch.setattr(fast_lstm, "_TIMED_FLOPS", 0)
+    monkeypatch.setattr(fast_lstm._input_grad, "chosen", {})
+    a, b = (tf.constant(v, tf.bfloat16) for v in (random(96, 12), random(8, 12, seed=1)))
+    assert fast_lstm._input_grad.choose(a, b) == 0  # its one MatMul form: nothing to time
+    assert fast_lstm._input_grad.chosen == {}
 
 
 @pytest.mark.parametrize("compile_mode", ["eager", "graph", "xla"])

@@ -10,8 +10,8 @@ gradients one time step at a time. This layer instead
 2. runs only h·U and the fused gate math inside the loop,
 3. uses a hand-written backward pass (`tf.custom_gradient`) whose loop only
    carries dh and dc back in time; dW, dU and db are then one big matmul each
-   over all time steps (for dW and dU, the faster of two equivalent forms on
-   this CPU, timed once per shape: the better one differs 2-3x between CPUs),
+   over all time steps; for dW, dU and dx, the fastest of equivalent forms on
+   this CPU, timed once per shape (the best one differs 2-3x between CPUs),
 4. evaluates all four gates with one sigmoid: tanh(x) = 2·sigmoid(2x) - 1, so
    the candidate-gate columns are pre-scaled by 2 (a cheap op on the weights,
    not the activations) and every gate derivative is simply s·(1 - s),
@@ -117,38 +117,43 @@ _backward_loop_xla = tf.function(_backward_loop, jit_compile=True, autograph=Fal
 USE_XLA = True
 
 
-# Which way round to compute a weight gradient, by (rows, K, 4H, dtype): True
-# for (dz^T·a)^T. Measured, not assumed: on a 2-core AVX-512 EPYC that form was
-# ~1.7x faster than a^T·dz; on a 2-core AVX2 EPYC it was 2-3x slower (TF 2.21,
-# oneDNN), and the weight gradients are a quarter of a training step's arithmetic.
-_TRANSPOSED_FORM = {}
-_TIMED_FLOPS = 1e8  # below this (test-sized models) the default form is used, untimed
+_TIMED_FLOPS = 1e8  # below this (test-sized models) a product takes its first form, untimed
 
 
-def _weight_grad(a, dz):
-    """sum over rows of a^T · dz for a (N, K), dz (N, 4H): returns (K, 4H).
+class _Product:
+    """One product outside the time loops, in several forms that compute the same matrix.
 
-    Either as a^T·dz or as (dz^T·a)^T, whichever this CPU runs faster for
-    these shapes (`_prefers_transposed_form`).
+    Which form is fastest differs between CPUs, so it is measured, not assumed: each
+    form is timed once per (shapes, dtype), eagerly (also while a step is being traced),
+    and the fastest is used from then on. Products under `_TIMED_FLOPS` (test-sized
+    models) take the first form, untimed. Forms compiled alone by XLA are float32 only:
+    XLA's CPU dot has no bfloat16 matrix-unit kernels (2.3x slower than float32 on an
+    AMX Xeon), so bfloat16 products stay with TensorFlow's oneDNN MatMul.
     """
-    if _prefers_transposed_form(a.shape, dz.shape, a.dtype):
-        return tf.transpose(tf.matmul(dz, a, transpose_a=True))
-    return tf.matmul(a, dz, transpose_a=True)
 
+    def __init__(self, flops, forms, xla_forms=()):
+        self.flops = flops  # (a_shape, b_shape) -> floating-point operations
+        self.forms = list(forms) + [tf.function(f, jit_compile=True, autograph=False) for f in xla_forms]
+        self.float32_forms = len(self.forms)
+        self.bfloat16_forms = len(forms)
+        self.chosen = {}  # (a_shape, b_shape, dtype) -> index of the fastest form
 
-def _prefers_transposed_form(a_shape, dz_shape, dtype):
-    """Time both forms of `_weight_grad` once per shape (eagerly, also while tracing)."""
-    rows, k, wide = a_shape[0], a_shape[1], dz_shape[1]
-    if rows is None or 2 * rows * k * wide < _TIMED_FLOPS:
-        return False
-    key = (rows, k, wide, dtype.name)
-    if key not in _TRANSPOSED_FORM:
-        with tf.init_scope():  # run eagerly even inside a tf.function being traced
-            a, dz = tf.zeros((rows, k), dtype), tf.zeros((rows, wide), dtype)
-            plain = _best_seconds(lambda: tf.matmul(a, dz, transpose_a=True))
-            transposed = _best_seconds(lambda: tf.transpose(tf.matmul(dz, a, transpose_a=True)))
-        _TRANSPOSED_FORM[key] = transposed < plain
-    return _TRANSPOSED_FORM[key]
+    def __call__(self, a, b):
+        return self.forms[self.choose(a, b)](a, b)
+
+    def choose(self, a, b):
+        """Index of the form to use for these operands (timing the forms the first time)."""
+        shapes = (tuple(a.shape), tuple(b.shape))
+        count = self.float32_forms if a.dtype == tf.float32 else self.bfloat16_forms
+        if count == 1 or None in shapes[0] + shapes[1] or self.flops(*shapes) < _TIMED_FLOPS:
+            return 0
+        key = shapes + (a.dtype.name,)
+        if key not in self.chosen:
+            with tf.init_scope():  # run eagerly even inside a tf.function being traced
+                a0, b0 = tf.zeros(shapes[0], a.dtype), tf.zeros(shapes[1], b.dtype)
+                seconds = [_best_seconds(lambda f=f: f(a0, b0)) for f in self.forms[:count]]
+            self.chosen[key] = int(np.argmin(seconds))
+        return self.chosen[key]
 
 
 def _best_seconds(run, repeats=3):
@@ -160,6 +165,25 @@ def _best_seconds(run, repeats=3):
         run().numpy()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def _a_t_b(a, b):
+    return tf.matmul(a, b, transpose_a=True)
+
+
+def _a_b_t(a, b):
+    return tf.matmul(a, b, transpose_b=True)
+
+
+# The weight gradients, e.g. dW = sum_t x_t^T · dz_t over all (T*B) rows: a (N, K), dz (N, 4H)
+# -> (K, 4H), as a^T·dz or as (dz^T·a)^T. On a 2-core AVX-512 EPYC the second was ~1.7x faster;
+# on a 2-core AVX2 EPYC 2-3x slower (TF 2.21), and they are a quarter of a step's arithmetic.
+_weight_grad = _Product(lambda a, dz: 2 * a[0] * a[1] * dz[1],
+                        [_a_t_b, lambda a, dz: tf.transpose(tf.matmul(dz, a, transpose_a=True))])
+# The input gradient dx = dz · W^T: dz (N, 4H), W (K, 4H) -> (N, K). On the AVX-512 EPYC
+# (oneDNN MatMul on) TensorFlow's MatMul ran it at 140-155 GFLOP/s and XLA's dot at 168-181
+# (the loops' products and the others here were no faster under XLA), 2026-12-08.
+_input_grad = _Product(lambda dz, w: 2 * dz[0] * dz[1] * w[0], [_a_b_t], xla_forms=[_a_b_t])
 
 
 def _lstm_layer_with(matmul_dtype):
@@ -200,7 +224,7 @@ def _lstm_layer(x, h0, c0, kernel, recurrent_kernel, bias, matmul_dtype):
         dz_low = low(dz2d)
         # Weight gradients over all time steps at once, e.g. dU = sum_t h_{t-1}^T · dz_t.
         h_prev = low(tf.reshape(tf.concat([h0[None], hs[:-1]], axis=0), (-1, units)))  # (T*B, H)
-        dx = tf.reshape(back(tf.matmul(dz_low, kernel_low, transpose_b=True)), (steps, batch, features))
+        dx = tf.reshape(back(_input_grad(dz_low, kernel_low)), (steps, batch, features))
         dw, du = back(_weight_grad(x2d, dz_low)), back(_weight_grad(h_prev, dz_low))
         return dx, dh0, dc0, dw, du, tf.reduce_sum(dz2d, 0)
 
