@@ -134,8 +134,8 @@ class _Product:
     def __init__(self, flops, forms, xla_forms=()):
         self.flops = flops  # (a_shape, b_shape) -> floating-point operations
         self.forms = list(forms) + [tf.function(f, jit_compile=True, autograph=False) for f in xla_forms]
-        self.float32_forms = len(self.forms)
-        self.bfloat16_forms = len(forms)
+        self.float32_forms = len(self.forms)  # how many of them to time for float32 operands
+        self.bfloat16_forms = len(forms)  # and for bfloat16 ones: not the XLA forms
         self.chosen = {}  # (a_shape, b_shape, dtype) -> index of the fastest form
 
     def __call__(self, a, b):
@@ -168,10 +168,12 @@ def _best_seconds(run, repeats=3):
 
 
 def _a_t_b(a, b):
+    """a^T · b."""
     return tf.matmul(a, b, transpose_a=True)
 
 
 def _a_b_t(a, b):
+    """a · b^T."""
     return tf.matmul(a, b, transpose_b=True)
 
 
