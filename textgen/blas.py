@@ -109,7 +109,7 @@ class DecodeThreads:
 
     Call `pace(batch)` before each step; it looks at the machine when `first_look_delay`
     says, then at most every RECHECK_SECONDS. On exit, BLAS gets back the thread count it
-    had before.
+    had before. `threads` is the current count, `looks` how many looks this loop took.
     """
 
     def __init__(self):
