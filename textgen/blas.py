@@ -56,9 +56,14 @@ def choose_threads(batch: int, others_busy: float | None, cores: int) -> int:
     return max(1, min(cores, int(cores - others_busy + 0.5)))
 
 
+def is_stale(age: float | None) -> bool:
+    """Whether a look of this age (None: none yet) is too old to continue from."""
+    return age is None or age > STALE_SECONDS
+
+
 def first_look_delay(age: float | None) -> float:
     """Seconds from a loop's start to its first look, given the age of the last look (None: none yet)."""
-    if age is None or age > STALE_SECONDS:
+    if is_stale(age):
         return FIRST_LOOK_SECONDS  # measure afresh from the loop's start
     return max(0.0, FIRST_LOOK_SECONDS - age)
 
@@ -123,7 +128,7 @@ class DecodeThreads:
         if self._cores > 1:
             self._load = _shared_load()
             age = self._load.age()
-            if age is None or age > STALE_SECONDS:
+            if is_stale(age):
                 self._load.restart()
         self._next_look = time.monotonic() + first_look_delay(age)
         return self

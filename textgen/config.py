@@ -111,7 +111,8 @@ class ModelConfig:
     # EPYC, 2026-12-08), at ~0.85x 2x256's tokens/s; ~17,000 tokens/s on an idle 2-core CPU.
     layers: int = option(1, "recurrent layers")
     units: int = option(512, "units per recurrent layer")
-    dropout: float = option(0.25, "dropout between layers and before the output")  # 1 MB overfits in 10 CPU-minutes at 0.1 (bench/quality.py)
+    # 1 MB overfits in 10 CPU-minutes at 0.1 (bench/quality.py)
+    dropout: float = option(0.25, "dropout between layers and before the output")
     # textgen.cells defines each; bundles from before the choice have no key and are lstm
     cell: str = option("lstm", "recurrent cell", choices=CELL_NAMES)
 

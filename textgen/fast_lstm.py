@@ -134,8 +134,7 @@ class _Product:
     def __init__(self, flops, forms, xla_forms=()):
         self.flops = flops  # (a_shape, b_shape) -> floating-point operations
         self.forms = list(forms) + [tf.function(f, jit_compile=True, autograph=False) for f in xla_forms]
-        self.float32_forms = len(self.forms)  # how many of them to time for float32 operands
-        self.bfloat16_forms = len(forms)  # and for bfloat16 ones: not the XLA forms
+        self.non_xla_forms = len(forms)  # the first ones: all that bfloat16 operands may use
         self.chosen = {}  # (a_shape, b_shape, dtype) -> index of the fastest form
 
     def __call__(self, a, b):
@@ -144,7 +143,7 @@ class _Product:
     def choose(self, a, b):
         """Index of the form to use for these operands (timing the forms the first time)."""
         shapes = (tuple(a.shape), tuple(b.shape))
-        count = self.float32_forms if a.dtype == tf.float32 else self.bfloat16_forms
+        count = len(self.forms) if a.dtype == tf.float32 else self.non_xla_forms
         if count == 1 or None in shapes[0] + shapes[1] or self.flops(*shapes) < _TIMED_FLOPS:
             return 0
         key = shapes + (a.dtype.name,)
