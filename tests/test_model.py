@@ -53,6 +53,25 @@ def test_leveled_dropout_scales_its_rate_by_the_level_and_is_the_identity_at_lev
     np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
 
 
+def test_leveled_dropout_draws_no_random_numbers_at_level_zero():
+    """A short run's dropout layers cost nothing: at level 0 the seed state stays put, eagerly and traced."""
+    import tensorflow as tf
+
+    from textgen.model import LeveledDropout
+
+    layer = LeveledDropout(0.5)
+    x = np.ones((4, 8), np.float32)
+    seed_state = lambda: layer.seed_generator.state.numpy().copy()
+    for call in (lambda: layer(x, training=True), tf.function(lambda: layer(x, training=True))):
+        layer.set_level(0.0)
+        before = seed_state()
+        np.testing.assert_array_equal(np.asarray(call()), x)
+        np.testing.assert_array_equal(seed_state(), before)
+        layer.set_level(1.0)
+        call()
+        assert not np.array_equal(seed_state(), before)
+
+
 def test_the_dropout_level_is_not_a_weight_so_bundles_and_resume_states_keep_their_layout():
     from textgen.model import LeveledDropout
 
