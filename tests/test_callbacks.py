@@ -196,7 +196,7 @@ def test_budget_counts_a_measured_validation_in_its_time():
     assert budget.elapsed == 48.0 and budget.validation_seconds == 10.0
 
 
-def test_cosine_schedule_falls_from_base_to_a_tenth_over_the_budget():
+def test_cosine_schedule_falls_from_base_to_its_final_fraction_over_the_budget():
     import keras
     import pytest
 
@@ -204,7 +204,7 @@ def test_cosine_schedule_falls_from_base_to_a_tenth_over_the_budget():
 
     model = tiny_model()
     budget = Budget(max_steps=10, max_minutes=None, planned_steps=10, val_batches=1)
-    schedule = CosineSchedule(budget, base=0.01)
+    schedule = CosineSchedule(budget, base=0.01, final=0.1)
     budget.set_model(model)
     schedule.set_model(model)
     rates = []

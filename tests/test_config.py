@@ -32,13 +32,17 @@ def test_wrong_types_and_ranges_are_refused():
         Config.from_dict(data)
 
 
-def test_a_config_from_before_short_run_dropout_keeps_dropout_in_every_run():
+@pytest.mark.parametrize("key, today, before, bad", [
+    ("dropout_min_epochs", 6.0, 0.0, -1.0),  # dropout ran in every run
+    ("final_lr_fraction", 0.0, 0.1, 1.5),  # the rate decayed to 0.1x
+])
+def test_a_config_from_before_a_train_field_keeps_what_it_meant(key, today, before, bad):
     data = Config().to_dict()
-    assert data["train"]["dropout_min_epochs"] == 6.0  # today's default
-    del data["train"]["dropout_min_epochs"]
-    assert Config.from_dict(data).train.dropout_min_epochs == 0.0
-    with pytest.raises(ConfigError, match="dropout_min_epochs"):
-        config_from_options(dropout_min_epochs=-1.0)
+    assert data["train"][key] == today
+    del data["train"][key]
+    assert getattr(Config.from_dict(data).train, key) == before
+    with pytest.raises(ConfigError, match=key):
+        config_from_options(**{key: bad})
 
 
 def test_unknown_option_is_a_user_error():

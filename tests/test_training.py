@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,9 @@ def test_tensorboard_has_the_named_scalars_on_the_step_axis(tiny_bundle):
     train = read_scalars(runs / "train")
     assert {"loss", "bits_per_char", "learning_rate", "tokens_per_second"} <= set(train)
     assert [s for s, _ in train["loss"]] == [10, 20, 30, 40]
+    # step 40's rate was set at its start, 39 of 40 steps in: near the default end, 0
+    cosine = 0.5 * (1 + math.cos(math.pi * 39 / 40))
+    assert train["learning_rate"][-1][1] == pytest.approx(4e-3 * cosine, rel=1e-5)
     validation = read_scalars(runs / "validation")
     assert {"loss", "bits_per_char"} <= set(validation)
     assert all(step <= 40 for step, _ in validation["loss"])

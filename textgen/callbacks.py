@@ -159,7 +159,7 @@ class CosineSchedule(keras.callbacks.Callback):
     a --max-steps run over its steps: the end of any budget is spent at a low rate.
     """
 
-    def __init__(self, budget: Budget, base: float, final: float = 0.1):
+    def __init__(self, budget: Budget, base: float, final: float):
         super().__init__()
         self.budget, self.base, self.final = budget, base, final
 

@@ -232,9 +232,10 @@ def build_callbacks(session: Session, run_dir: Path, run: RunConfig, strategy,
                          session.resumed.get("epoch", 0))
     dropout = cb.ShortRunDropout(budget, session.dropout_layers, session.layout.steps, t.dropout_min_epochs,
                                  decided=session.resumed.get("dropout_level"), report=bar.write)
-    control = [stop, budget, cb.CosineSchedule(budget, t.learning_rate), dropout, keras.callbacks.TerminateOnNaN(),
-               best, cb.ResumeCheckpoint(partial(session.save_resume, best, kept_settings(run), dropout),
-                                         t.checkpoint_every, report=bar.write)]
+    schedule = cb.CosineSchedule(budget, t.learning_rate, t.final_lr_fraction)
+    resume = cb.ResumeCheckpoint(partial(session.save_resume, best, kept_settings(run), dropout),
+                                 t.checkpoint_every, report=bar.write)
+    control = [stop, budget, schedule, dropout, keras.callbacks.TerminateOnNaN(), best, resume]
     sampler = monitor.LiveSampler(session.current_model, p.tokenizer, p.config)
     tensorboard = monitor.tensorboard_callbacks(
         run_dir, sampler, p.config, monitor.sample_prime(p.tokenizer, p.train_ids), tokens_per_step=tokens_per_step,
