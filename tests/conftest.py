@@ -15,7 +15,8 @@ OLD_BUNDLE = Path(__file__).parent / "fixtures" / "bundle_v1"  # saved by textge
 # them out: a new save writes them, and nothing else of the old document may change.
 ADDED_CONFIG_FIELDS = {"tokenizer": {"lowercase": False, "docs": "text", "label_field": None, "label_column": None},
                        "model": {"cell": "lstm"},
-                       "train": {"dropout_min_epochs": 0.0, "final_lr_fraction": 0.1}}  # what a config from before the field means
+                       # what a config from before each field means
+                       "train": {"dropout_min_epochs": 0.0, "final_lr_fraction": 0.1}}
 
 
 def with_added_fields(document: dict) -> dict:
